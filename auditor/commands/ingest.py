@@ -1,0 +1,91 @@
+"""`auditor ingest` and `auditor info`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ingest",
+        help="load a training set into a store",
+        description=(
+            "Load a training set into a DuckDB store: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), "
+            "FlagEmbedding JSONL {query,pos,neg,pos_scores?,neg_scores?}, sentence-transformers triplets "
+            "{anchor|query,positive,negative} or n-tuples {anchor|query,positive,negative_1..n | neg}; JSONL, Parquet "
+            "or CSV. All or nothing: a bad line stops the ingest and the store is left as it was, unless --skip-bad. "
+            "Re-ingesting the same input adds nothing."
+        ),
+    )
+    p.add_argument("path", help="file or BEIR folder")
+    p.add_argument("--db", required=True, help="store file (created if missing)")
+    p.add_argument("--format", default="auto", choices=["auto", "beir", "flag", "triplets", "ntuple"],
+                   help="input format (default: detected from the folder layout or the first record's keys)")
+    p.add_argument("--split", help="BEIR qrels split (default: train if present, else the only one)")
+    p.add_argument("--name", help="dataset name recorded with the rows (default: file or folder name)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="store the valid records and write rejected lines, with reasons, to a report")
+    p.add_argument("--rejects", help="where --skip-bad writes its report (default: ./<dataset>.rejects.jsonl)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run_ingest)
+
+    p = sub.add_parser("info", help="what is in a store", description="Counts of what a store holds, per dataset and source.")
+    p.add_argument("--db", required=True, help="store file")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=run_info)
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from auditor.ingest import ingest_path
+    from auditor.store import open_store
+
+    con = open_store(args.db)
+    try:
+        with tqdm(total=4, desc="ingest", unit="step", disable=args.json) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.n = done
+                bar.refresh()
+
+            summary = ingest_path(con, args.path, fmt=args.format, split=args.split, name=args.name,
+                                  skip_bad=args.skip_bad, rejects_path=args.rejects, progress=progress)
+    finally:
+        con.close()
+    print(json.dumps(summary.as_dict(), indent=2) if args.json else "\n".join(summary.lines()))
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from auditor.info import store_info
+    from auditor.store import open_store
+
+    con = open_store(args.db, read_only=True)
+    try:
+        info = store_info(con)
+    finally:
+        con.close()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"store {args.db} (schema version {info['schema_version']})")
+    for key, value in info["counts"].items():
+        print(f"  {key:<22}{value:>12,}")
+    print(f"  {'positives per query':<22}{info['positives_per_query']:>12.2f}")
+    print(f"  {'single-positive share':<22}{info['single_positive_share']:>12.1%}")
+    if info["candidates_by_source"]:
+        print("candidates by source:")
+        for row in info["candidates_by_source"]:
+            scored = f", teacher scores on {row['with_score']:,}" if row["with_score"] else ""
+            print(f"  {row['source']:<22}{row['candidates']:>12,}  ({row['queries']:,} queries{scored})")
+    if info["models"]:
+        print("scored with models: " + ", ".join(info["models"]))
+    if info["band_configs"]:
+        print("band configurations: " + ", ".join(info["band_configs"]))
+    if info["ingests"]:
+        print("ingests:")
+        for row in info["ingests"]:
+            print(f"  {row['ingested_at']:%Y-%m-%d %H:%M}  {row['format']:<8} {row['dataset']:<20} {row['path']}")
+    return 0
