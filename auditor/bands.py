@@ -1,0 +1,342 @@
+"""Bands: suspicious / ambiguous / too easy, computed in SQL from a :class:`~auditor.config.BandConfig`.
+
+The rules (DESIGN.md, "Bands") become one CASE expression over the ``scored`` view, so changing a threshold never
+re-embeds anything and a preview over a million scored rows is a single aggregate. Every row records the first rule
+that fired, in this priority order (suspicious rules first, because a likely false negative must never be hidden
+behind a weaker label):
+
+1. ``inversion``        ``s_neg >= s_pos``                             (*)
+2. ``near_duplicate``   ``sim(p, n) >= near_duplicate``
+3. ``cross_encoder``    ``ce_neg >= ce_pos``                           (when a second opinion was run)
+4. ``relative_margin``  ``s_neg > s_pos - |s_pos| * relative_margin``  (*, sign-safe; sentence-transformers' test)
+5. ``absolute_margin``  ``s_neg >= s_pos - absolute_margin``           (*)
+6. ``absolute_cap``     ``s_neg >= absolute_cap``
+7. ``top_rank``         ``rank <= top_rank`` in the model's search
+8. ``easy_rank``        rank beyond ``easy_rank`` (or not ranked within the mined depth) -> too easy
+9. ``simans``           SimANS weight ``exp(-a (delta - b)^2) >= ambiguous_min_weight`` -> ambiguous
+10. ``low_weight``      everything else -> too easy
+
+``s_pos`` is the anchor column chosen by ``BandConfig.anchor`` (minimum over positives by default). Rules marked
+(*) compare against the positive and apply only where it is a usable anchor: outscored by at most
+``anchor_max_outscored`` of the query's candidates (a per-query window count, column ``n_outscoring``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import duckdb
+
+from auditor.config import DEFAULT_BAND_CONFIG, BandConfig
+from auditor.store import StoreError, transaction
+
+SUSPICIOUS_RULES = (
+    "inversion", "near_duplicate", "cross_encoder", "relative_margin", "absolute_margin", "absolute_cap", "top_rank",
+)
+RULE_ORDER = SUSPICIOUS_RULES + ("easy_rank", "simans", "low_weight")
+BANDS = ("suspicious", "ambiguous", "too_easy")
+
+#: Columns of the ``scored`` view that `histogram` accepts (plus ``weight`` from ``bands``).
+HISTOGRAM_COLUMNS = (
+    "s_neg", "s_pos_min", "s_pos_mean", "s_pos_max", "delta", "ratio", "sim_to_pos", "rank", "ce_neg", "ce_pos",
+)
+
+_LATEST_MODEL_KEY = "latest_scored_model"
+
+
+def _first(result: duckdb.DuckDBPyConnection) -> tuple | None:
+    """First row, reading the result to its end (DuckDB refuses new relations while a result is unfinished)."""
+    rows = result.fetchall()
+    return rows[0] if rows else None
+
+
+def _num(x: float | int) -> str:
+    """A finite number as a SQL DOUBLE literal (configs come from users: never format arbitrary text into SQL)."""
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"band thresholds must be finite numbers, got {x}")
+    return f"CAST({x!r} AS DOUBLE)"
+
+
+def validate(cfg: BandConfig) -> BandConfig:
+    """Reject settings that would silently produce nonsense bands; returns cfg."""
+    if cfg.anchor not in ("min", "mean", "max"):
+        raise ValueError(f"anchor must be min, mean or max, got {cfg.anchor!r}")
+    for name in ("relative_margin", "absolute_margin", "absolute_cap", "near_duplicate"):
+        v = getattr(cfg, name)
+        if v is not None:
+            _num(v)
+    if cfg.relative_margin is not None and cfg.relative_margin < 0:
+        raise ValueError(f"relative_margin must be >= 0, got {cfg.relative_margin}")
+    if cfg.absolute_margin is not None and cfg.absolute_margin < 0:
+        raise ValueError(f"absolute_margin must be >= 0, got {cfg.absolute_margin}")
+    if cfg.simans_a < 0:
+        raise ValueError(f"simans_a must be >= 0, got {cfg.simans_a}")
+    _num(cfg.simans_b)
+    if not 0 <= cfg.ambiguous_min_weight <= 1:
+        raise ValueError(f"ambiguous_min_weight must be within [0, 1], got {cfg.ambiguous_min_weight}")
+    for name in ("easy_rank", "top_rank"):
+        v = getattr(cfg, name)
+        if v is not None and int(v) < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    if cfg.anchor_max_outscored is not None and int(cfg.anchor_max_outscored) < 0:
+        raise ValueError(f"anchor_max_outscored must be >= 0, got {cfg.anchor_max_outscored}")
+    return cfg
+
+
+def band_sql(cfg: BandConfig) -> tuple[str, str, str]:
+    """(rule, band, weight) SQL expressions over a row of ``scored`` for this config."""
+    validate(cfg)
+    s_pos = f"s_pos_{cfg.anchor}"
+    weight = f"exp(-{_num(cfg.simans_a)} * pow((s_neg - {s_pos}) - {_num(cfg.simans_b)}, 2))"
+    anchored = "" if cfg.anchor_max_outscored is None else f"n_outscoring <= {int(cfg.anchor_max_outscored)} AND "
+    whens = [f"WHEN {anchored}s_neg >= {s_pos} THEN 'inversion'"]
+    if cfg.near_duplicate is not None:
+        whens.append(f"WHEN sim_to_pos >= {_num(cfg.near_duplicate)} THEN 'near_duplicate'")
+    if cfg.use_cross_encoder:
+        whens.append("WHEN ce_neg IS NOT NULL AND ce_pos IS NOT NULL AND ce_neg >= ce_pos THEN 'cross_encoder'")
+    if cfg.relative_margin is not None:
+        whens.append(
+            f"WHEN {anchored}s_neg > {s_pos} - abs({s_pos}) * {_num(cfg.relative_margin)} THEN 'relative_margin'"
+        )
+    if cfg.absolute_margin is not None:
+        whens.append(f"WHEN {anchored}s_neg >= {s_pos} - {_num(cfg.absolute_margin)} THEN 'absolute_margin'")
+    if cfg.absolute_cap is not None:
+        whens.append(f"WHEN s_neg >= {_num(cfg.absolute_cap)} THEN 'absolute_cap'")
+    if cfg.top_rank is not None:
+        whens.append(f"WHEN rank <= {int(cfg.top_rank)} THEN 'top_rank'")
+    if cfg.easy_rank is not None:
+        whens.append(f"WHEN rank IS NULL OR rank > {int(cfg.easy_rank)} THEN 'easy_rank'")
+    whens.append(f"WHEN {weight} >= {_num(cfg.ambiguous_min_weight)} THEN 'simans'")
+    rule = "CASE " + " ".join(whens) + " ELSE 'low_weight' END"
+    suspicious = ", ".join(f"'{r}'" for r in SUSPICIOUS_RULES)
+    band = f"CASE WHEN rule IN ({suspicious}) THEN 'suspicious' WHEN rule = 'simans' THEN 'ambiguous' ELSE 'too_easy' END"
+    return rule, band, weight
+
+
+def banded_sql(cfg: BandConfig) -> str:
+    """SELECT of every ``scored`` column plus n_outscoring, rule, band and weight, for ``model = $model``."""
+    rule, band, weight = band_sql(cfg)
+    outscoring = (
+        f"count(*) FILTER (WHERE s_neg >= s_pos_{cfg.anchor}) OVER (PARTITION BY query_id) AS n_outscoring"
+    )
+    return (
+        f"SELECT *, {band} AS band FROM ("
+        f"SELECT *, {rule} AS rule, {weight} AS weight FROM ("
+        f"SELECT *, {outscoring} FROM scored WHERE model = $model))"
+    )
+
+
+# --- named configurations --------------------------------------------------------------------------------------
+
+
+def save_band_config(con: duckdb.DuckDBPyConnection, name: str, cfg: BandConfig) -> None:
+    """Store (or replace) a named threshold set, so bands can be recomputed and compared later."""
+    if not name or not name.strip():
+        raise ValueError("a band configuration needs a name")
+    validate(cfg)
+    con.execute(
+        "INSERT OR REPLACE INTO band_configs (name, params, created_at) VALUES (?, ?, current_timestamp)",
+        [name, cfg.to_json()],
+    )
+
+
+def list_band_configs(con: duckdb.DuckDBPyConnection) -> dict[str, BandConfig]:
+    """All named configurations, by name (iterating gives the names)."""
+    rows = con.execute("SELECT name, params FROM band_configs ORDER BY name").fetchall()
+    return {name: BandConfig.from_json(params) for name, params in rows}
+
+
+def load_band_config(con: duckdb.DuckDBPyConnection, name: str = DEFAULT_BAND_CONFIG) -> BandConfig:
+    """The named configuration; ``default`` falls back to the shipped defaults when it was never saved."""
+    row = _first(con.execute("SELECT params FROM band_configs WHERE name = ?", [name]))
+    if row:
+        return BandConfig.from_json(row[0])
+    if name == DEFAULT_BAND_CONFIG:
+        return BandConfig()
+    known = ", ".join(list_band_configs(con)) or "none yet"
+    raise StoreError(f"no band configuration named {name!r} (known: {known}); create it with `auditor band --config {name} ...`")
+
+
+# --- models ------------------------------------------------------------------------------------------------------
+
+
+def mark_latest_model(con: duckdb.DuckDBPyConnection, model: str) -> None:
+    """Remember which model scored last (the default model of every later command)."""
+    con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_LATEST_MODEL_KEY, model])
+
+
+def latest_model(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The model whose scores were written most recently, or None when nothing is scored."""
+    row = _first(con.execute(
+        "SELECT value FROM meta WHERE key = ? AND value IN (SELECT DISTINCT model FROM scores)", [_LATEST_MODEL_KEY]
+    ))
+    if row:
+        return row[0]
+    row = _first(con.execute("SELECT model FROM scores GROUP BY model ORDER BY count(*) DESC, model LIMIT 1"))
+    return row[0] if row else None
+
+
+def resolve_model(con: duckdb.DuckDBPyConnection, model: str | None) -> str:
+    """`model`, or the latest scored one; a clear error when the store has no scores for it."""
+    if model is None:
+        model = latest_model(con)
+        if model is None:
+            raise StoreError("this store has no scores yet: run `auditor mine --db FILE` first")
+        return model
+    if not _first(con.execute("SELECT 1 FROM scores WHERE model = ? LIMIT 1", [model])):
+        known = [r[0] for r in con.execute("SELECT DISTINCT model FROM scores ORDER BY 1").fetchall()]
+        raise StoreError(f"no scores for model {model!r} (scored models: {', '.join(known) or 'none'})")
+    return model
+
+
+# --- assigning and previewing -------------------------------------------------------------------------------------
+
+
+def assign_bands(
+    con: duckdb.DuckDBPyConnection,
+    config_name: str = DEFAULT_BAND_CONFIG,
+    model: str | None = None,
+    cfg: BandConfig | None = None,
+) -> dict[str, int]:
+    """Write ``bands`` rows for (config, model), replacing the old ones in one transaction. Returns counts per band.
+
+    With ``cfg`` the configuration is saved under ``config_name`` first; without it the saved one (or the defaults
+    for ``default``) is used.
+    """
+    model = resolve_model(con, model)
+    if cfg is None:
+        cfg = load_band_config(con, config_name)
+    validate(cfg)
+    with transaction(con):
+        save_band_config(con, config_name, cfg)
+        con.execute("DELETE FROM bands WHERE config = ? AND model = ?", [config_name, model])
+        con.execute(
+            f"INSERT INTO bands (config, model, query_id, doc_id, band, rule, weight) "
+            f"SELECT $config, model, query_id, doc_id, band, rule, weight FROM ({banded_sql(cfg)})",
+            {"config": config_name, "model": model},
+        )
+    counts = dict.fromkeys(BANDS, 0)
+    counts.update(
+        dict(
+            con.execute(
+                "SELECT band, count(*) FROM bands WHERE config = ? AND model = ? GROUP BY band", [config_name, model]
+            ).fetchall()
+        )
+    )
+    return counts
+
+
+def preview_bands(
+    con: duckdb.DuckDBPyConnection, cfg: BandConfig, model: str | None = None, min_negatives: int = 5
+) -> dict[str, Any]:
+    """What `cfg` would do, without writing: one SQL aggregate (the app's threshold sliders call it on every move).
+
+    Returns ``candidates`` and ``queries`` per band (a query counts in every band it has a candidate in), ``rules``
+    per rule, totals, and ``short_queries``: queries left with fewer than ``min_negatives`` non-suspicious negatives.
+    """
+    model = resolve_model(con, model)
+    sql = f"""
+        WITH b AS (SELECT query_id, band, rule FROM ({banded_sql(cfg)})),
+        per_query AS (SELECT query_id, count(*) FILTER (WHERE band <> 'suspicious') AS ok FROM b GROUP BY query_id)
+        SELECT 'band' AS kind, band AS key, count(*) AS n, count(DISTINCT query_id) AS nq FROM b GROUP BY band
+        UNION ALL SELECT 'rule', rule, count(*), count(DISTINCT query_id) FROM b GROUP BY rule
+        UNION ALL SELECT 'total', 'all', count(*), count(DISTINCT query_id) FROM b
+        UNION ALL SELECT 'short', 'all', count(*) FILTER (WHERE ok < $min_neg), NULL FROM per_query
+    """
+    rows = con.execute(sql, {"model": model, "min_neg": int(min_negatives)}).fetchall()
+    out: dict[str, Any] = {
+        "model": model,
+        "candidates": dict.fromkeys(BANDS, 0),
+        "queries": dict.fromkeys(BANDS, 0),
+        "rules": {},
+        "total_candidates": 0,
+        "total_queries": 0,
+        "short_queries": 0,
+        "min_negatives": int(min_negatives),
+    }
+    for kind, key, n, nq in rows:
+        if kind == "band":
+            out["candidates"][key] = n
+            out["queries"][key] = nq
+        elif kind == "rule":
+            out["rules"][key] = n
+        elif kind == "total":
+            out["total_candidates"], out["total_queries"] = n, nq
+        else:
+            out["short_queries"] = n or 0
+    return out
+
+
+def band_counts(
+    con: duckdb.DuckDBPyConnection, config_name: str = DEFAULT_BAND_CONFIG, model: str | None = None
+) -> dict[str, dict[str, int]]:
+    """Stored counts: ``{band: {rule: n}}`` for (config, model)."""
+    model = resolve_model(con, model)
+    out: dict[str, dict[str, int]] = {b: {} for b in BANDS}
+    for band, rule, n in con.execute(
+        "SELECT band, rule, count(*) FROM bands WHERE config = ? AND model = ? GROUP BY ALL ORDER BY ALL",
+        [config_name, model],
+    ).fetchall():
+        out.setdefault(band, {})[rule] = n
+    return out
+
+
+def histogram(
+    con: duckdb.DuckDBPyConnection,
+    column: str,
+    model: str | None = None,
+    bins: int = 50,
+    where: str | None = None,
+    *,
+    config: str = DEFAULT_BAND_CONFIG,
+    band: str | None = None,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> dict[str, Any]:
+    """Bin counts of one score column, computed in SQL (for a Plotly bar chart).
+
+    ``where`` is an extra SQL condition on ``scored`` columns (trusted caller code, never user text); ``band``
+    restricts to one band of ``config``. ``lo``/``hi`` fix the range (default: the data's min and max), so several
+    histograms can share bins. Returns ``{"column", "edges" (bins+1), "counts" (bins), "n", "lo", "hi"}``.
+    """
+    if column not in HISTOGRAM_COLUMNS and column != "weight":
+        raise ValueError(f"cannot histogram {column!r}; choose one of {', '.join(HISTOGRAM_COLUMNS + ('weight',))}")
+    bins = int(bins)
+    if bins < 1:
+        raise ValueError("bins must be >= 1")
+    model = resolve_model(con, model)
+    src = "SELECT s.*, b.band, b.rule, b.weight FROM scored s JOIN bands b USING (model, query_id, doc_id) " \
+          "WHERE s.model = $model AND b.config = $config"
+    if column != "weight" and band is None:
+        src = "SELECT * FROM scored WHERE model = $model"
+    params: dict[str, Any] = {"model": model}
+    if "$config" in src:
+        params["config"] = config
+    cond = [f"{column} IS NOT NULL", f"isfinite({column}::DOUBLE)"]
+    if band is not None:
+        cond.append("band = $band")
+        params["band"] = band
+    if where:
+        cond.append(f"({where})")
+    base = f"SELECT {column}::DOUBLE AS x FROM ({src}) WHERE {' AND '.join(cond)}"
+    row = _first(con.execute(f"SELECT min(x), max(x), count(*) FROM ({base})", params))
+    dmin, dmax, n = row
+    lo = dmin if lo is None else float(lo)
+    hi = dmax if hi is None else float(hi)
+    if not n or lo is None or hi is None:
+        return {"column": column, "edges": [], "counts": [], "n": 0, "lo": lo, "hi": hi}
+    if hi <= lo:
+        hi = lo + 1e-9
+    width = (hi - lo) / bins
+    params.update({"lo": lo, "width": width, "bins": bins})
+    counts = [0] * bins
+    for idx, c in con.execute(
+        f"SELECT least(greatest(floor((x - $lo) / $width)::BIGINT, 0), $bins - 1) AS i, count(*) FROM ({base}) "
+        f"WHERE x >= $lo AND x <= $lo + $width * $bins GROUP BY i",
+        params,
+    ).fetchall():
+        counts[int(idx)] = c
+    edges = [lo + i * width for i in range(bins + 1)]
+    return {"column": column, "edges": edges, "counts": counts, "n": sum(counts), "lo": lo, "hi": hi}

@@ -1,0 +1,120 @@
+"""How well the bands catch known false negatives (an answer key of hidden positives, see :mod:`auditor.planted`).
+
+Per band and per rule: how many of the key's pairs it holds (recall over the key, precision over the band). Then
+the export view: of N negatives per query chosen by `select_negatives`, how many are known false negatives, against
+plain top-N mining with no cleaning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from auditor.bands import BANDS, resolve_model
+from auditor.config import DEFAULT_BAND_CONFIG
+from auditor.planted import read_answer_key
+from auditor.select import selection_sql
+
+
+def evaluate(
+    con: duckdb.DuckDBPyConnection,
+    answer_key: str | Path | list[tuple[str, str]],
+    negatives: int = 5,
+    config: str = DEFAULT_BAND_CONFIG,
+    model: str | None = None,
+    strategy: str = "top",
+    seed: int = 42,
+) -> dict[str, Any]:
+    """Counts of known false negatives per band, per rule, among all candidates, and in an export of `negatives`."""
+    pairs = read_answer_key(answer_key) if not isinstance(answer_key, list) else sorted(set(answer_key))
+    model = resolve_model(con, model)
+    con.register("_key", pa.table({"query_id": pa.array([p[0] for p in pairs], pa.string()),
+                                   "doc_id": pa.array([p[1] for p in pairs], pa.string())}))
+    try:
+        p = {"c": config, "m": model}
+        known = con.execute("SELECT count(*) FROM _key WHERE query_id IN (SELECT query_id FROM queries)").fetchall()[0][0]
+        in_candidates = con.execute(
+            "SELECT count(*) FROM _key k JOIN scores s USING (query_id, doc_id) WHERE s.model = $m", {"m": model}
+        ).fetchall()[0][0]
+        scored_queries = con.execute(
+            "SELECT count(DISTINCT query_id) FROM scores WHERE model = $m", {"m": model}
+        ).fetchall()[0][0]
+
+        def grouped(col: str) -> dict[str, dict[str, Any]]:
+            rows = con.execute(
+                f"""SELECT b.{col}, count(*), count(k.doc_id) FROM bands b
+                    LEFT JOIN _key k USING (query_id, doc_id)
+                    WHERE b.config = $c AND b.model = $m GROUP BY 1 ORDER BY 1""",
+                p,
+            ).fetchall()
+            return {
+                name: {"candidates": n, "known_fn": hits, "precision": hits / n if n else None,
+                       "recall": hits / known if known else None}
+                for name, n, hits in rows
+            }
+
+        found = grouped("band")
+        empty = {"candidates": 0, "known_fn": 0, "precision": None, "recall": 0.0 if known else None}
+        per_band = {b: found.get(b, dict(empty)) for b in BANDS}
+        per_rule = grouped("rule")
+
+        def export_view(sql: str) -> dict[str, Any]:
+            n_rows, hits, full, queries, mean_s = con.execute(
+                f"""SELECT count(*), count(k.doc_id), count(DISTINCT query_id) FILTER (WHERE slot = {int(negatives)}),
+                           count(DISTINCT query_id), avg(s_neg)
+                    FROM ({sql}) e LEFT JOIN _key k USING (query_id, doc_id)"""
+            ).fetchall()[0]
+            return {"negatives": n_rows, "known_fn": hits, "fn_share": hits / n_rows if n_rows else None,
+                    "queries_with_any": queries, "queries_full": full,
+                    "queries_full_share": full / scored_queries if scored_queries else None, "mean_s_neg": mean_s}
+
+        cleaned = export_view(selection_sql(con, negatives, strategy=strategy, config=config, model=model, seed=seed))
+        plain = export_view(
+            f"""SELECT query_id, doc_id, s_neg, row_number() OVER (PARTITION BY query_id ORDER BY s_neg DESC, doc_id)
+                       AS slot FROM scores s WHERE model = {_lit(model)} AND NOT EXISTS (SELECT 1 FROM qrels r
+                       WHERE r.relevant AND r.query_id = s.query_id AND r.doc_id = s.doc_id)
+                QUALIFY slot <= {int(negatives)}"""
+        )
+    finally:
+        con.unregister("_key")
+    return {
+        "model": model, "config": config, "negatives_per_query": int(negatives), "strategy": strategy,
+        "known_false_negatives": known, "known_in_candidates": in_candidates, "scored_queries": scored_queries,
+        "bands": per_band, "rules": per_rule, "export": cleaned, "plain_top": plain,
+    }
+
+
+def _lit(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """A plain-text table of `evaluate`'s result for the terminal."""
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:5.1f}%"
+
+    lines = [
+        f"model {result['model']}, band config {result['config']}",
+        f"known false negatives: {result['known_false_negatives']} "
+        f"({result['known_in_candidates']} of them among the scored candidates)",
+        "",
+        f"{'band':<12} {'candidates':>10} {'known FN':>9} {'precision':>9} {'recall':>7}",
+    ]
+    for name in BANDS:
+        r = result["bands"][name]
+        lines.append(f"{name:<12} {r['candidates']:>10} {r['known_fn']:>9} {pct(r['precision']):>9} {pct(r['recall']):>7}")
+    lines += ["", f"{'rule':<16} {'candidates':>10} {'known FN':>9} {'precision':>9} {'recall':>7}"]
+    for name, r in result["rules"].items():
+        lines.append(f"{name:<16} {r['candidates']:>10} {r['known_fn']:>9} {pct(r['precision']):>9} {pct(r['recall']):>7}")
+    n = result["negatives_per_query"]
+    lines += ["", f"export of {n} negatives per query ({result['strategy']}):",
+              f"{'':<22} {'negatives':>9} {'known FN':>9} {'FN share':>8} {'queries full':>12} {'mean s_neg':>10}"]
+    for label, r in (("plain top-N (no clean)", result["plain_top"]), ("auditor (cleaned)", result["export"])):
+        mean = "-" if r["mean_s_neg"] is None else f"{r['mean_s_neg']:.3f}"
+        lines.append(f"{label:<22} {r['negatives']:>9} {r['known_fn']:>9} {pct(r['fn_share']):>8} "
+                     f"{pct(r['queries_full_share']):>12} {mean:>10}")
+    return "\n".join(lines)
