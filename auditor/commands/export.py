@@ -1,0 +1,211 @@
+"""`auditor export` (cleaned training data) and `auditor stats` (pooling-bias and false-negative statistics)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from auditor.config import ExportConfig
+
+_DEFAULTS = ExportConfig()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write cleaned training data (JSONL)",
+        description=(
+            "Write the training set with N negatives per query chosen after cleaning: confirmed false negatives "
+            "are dropped (or, with --relabel, added to the positives) and unreviewed suspicious candidates are "
+            "dropped by default. Formats: triplet = sentence-transformers {anchor, positive, negative}, one line "
+            "per (positive, negative) pair; ntuple = FlagEmbedding {query, pos: [...], neg: [...]}; rich = ids, "
+            "texts, and per negative its band, scores, rank, source and verdict. Deterministic for a seed, "
+            "written atomically (an interrupted export leaves no partial file). Queries short of N negatives are "
+            "reported."
+        ),
+    )
+    p.add_argument("--db", required=True, help="store file")
+    p.add_argument("--out", required=True, help="output file (JSONL)")
+    p.add_argument("--format", choices=["triplet", "ntuple", "rich"], default=_DEFAULTS.format,
+                   help=f"output layout (default {_DEFAULTS.format})")
+    p.add_argument("--negatives", type=int, default=_DEFAULTS.negatives,
+                   help=f"negatives per query (default {_DEFAULTS.negatives})")
+    p.add_argument("--strategy", choices=["top", "random", "simans", "band-mix"], default=_DEFAULTS.strategy,
+                   help="top: hardest surviving negatives; random: uniform within a rank window; simans: sampled "
+                        "by SimANS weight; band-mix: shares per band (default top)")
+    p.add_argument("--relabel", action="store_true", help="add confirmed false negatives to the positives")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--drop-unreviewed-suspicious", dest="drop_unreviewed_suspicious", action="store_true",
+                   default=_DEFAULTS.drop_unreviewed_suspicious,
+                   help="never use a suspicious candidate nobody confirmed as a true negative (default)")
+    g.add_argument("--keep-unreviewed-suspicious", dest="drop_unreviewed_suspicious", action="store_false",
+                   help="allow unreviewed suspicious candidates as negatives")
+    p.add_argument("--band-config", default="default", help="band configuration (default: default)")
+    p.add_argument("--model", help="scorer whose bands to use (default: the latest scored)")
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed, help=f"random seed (default {_DEFAULTS.seed})")
+    p.add_argument("--short-ids", help="write the ids of queries short of N negatives to this file")
+    p.add_argument("--stats", help="also write the statistics file (JSON) here")
+    p.add_argument("--report", help="also write the HTML report here")
+    p.add_argument("--json", action="store_true", help="print the export summary as JSON")
+    p.set_defaults(func=run_export)
+
+    s = sub.add_parser(
+        "stats",
+        help="pooling-bias and false-negative statistics",
+        description=(
+            "Dataset shape, score geometry, band counts, queries short of N negatives, and from the verdicts the "
+            "false-negative rate per band (Wilson 95% intervals), the estimated total of false negatives, the rate "
+            "per rank bucket and per source, judged@k and annotator agreement."
+        ),
+    )
+    s.add_argument("--db", required=True, help="store file")
+    s.add_argument("--band-config", default="default", help="band configuration (default: default)")
+    s.add_argument("--model", help="scorer (default: the latest scored)")
+    s.add_argument("--negatives", type=int, default=_DEFAULTS.negatives,
+                   help="N for the 'queries short of N negatives' figure")
+    s.add_argument("--json", action="store_true", help="print the full statistics as JSON")
+    s.add_argument("--out", help="write the statistics JSON to this file")
+    s.add_argument("--report", help="write the HTML report to this file")
+    s.set_defaults(func=run_stats)
+
+
+def _write_json(obj: dict, path: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from auditor.cli import UserError
+    from auditor.export import export
+    from auditor.store import open_store
+
+    if args.negatives < 1:
+        raise UserError("--negatives must be at least 1")
+    con = open_store(args.db)
+    try:
+        with tqdm(total=4, desc="export", unit="step", disable=args.json) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.n = done
+                bar.refresh()
+
+            try:
+                summary = export(
+                    con, args.out, fmt=args.format, negatives=args.negatives, strategy=args.strategy,
+                    relabel=args.relabel, drop_unreviewed_suspicious=args.drop_unreviewed_suspicious,
+                    config=args.band_config, model=args.model, seed=args.seed, short_ids_path=args.short_ids,
+                    progress=progress,
+                )
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+        if args.stats or args.report:
+            from auditor.stats import compute_stats
+
+            stats = compute_stats(con, model=args.model, config=args.band_config, negatives=args.negatives)
+            stats["export"] = summary.to_dict()
+            if args.stats:
+                _write_json(stats, args.stats)
+            if args.report:
+                from auditor.report import write_report
+
+                write_report(stats, args.report)
+    finally:
+        con.close()
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+        return 0
+    print(f"wrote {summary.rows:,} {summary.format} lines to {summary.path} "
+          f"({summary.queries_written:,} queries, {summary.negatives_written:,} negatives, "
+          f"{summary.positives_written:,} positives{f', {summary.relabeled} relabeled' if summary.relabel else ''})")
+    print(f"confirmed false negatives kept out of the negatives: {summary.confirmed_false_negatives:,}")
+    if summary.short_queries:
+        ids = ", ".join(summary.short_query_ids[:10]) + (" ..." if summary.short_queries > 10 else "")
+        print(f"{summary.short_queries:,} of {summary.queries_with_positives:,} queries got fewer than "
+              f"{summary.negatives_per_query} negatives ({summary.queries_without_negatives:,} got none and were "
+              f"not written): {ids}" + (f"; all ids in {summary.short_ids_path}" if summary.short_ids_path else
+                                         "; use --short-ids FILE for the full list"))
+    if args.stats:
+        print(f"statistics: {args.stats}")
+    if args.report:
+        print(f"report: {args.report}")
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from auditor.stats import compute_stats
+    from auditor.store import open_store
+
+    con = open_store(args.db, read_only=True)
+    try:
+        stats = compute_stats(con, model=args.model, config=args.band_config, negatives=args.negatives)
+    finally:
+        con.close()
+    if args.out:
+        _write_json(stats, args.out)
+    if args.report:
+        from auditor.report import write_report
+
+        write_report(stats, args.report)
+    if args.json:
+        json.dump(stats, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    _print_stats(stats)
+    return 0
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _print_stats(st: dict) -> None:
+    sh = st["shape"]
+    print(f"queries {sh['queries']:,}  documents {sh['documents']:,}  positives {sh['positives']:,} "
+          f"({sh['positives_per_query_mean'] or 0:.2f} per query, {_pct(sh['single_positive_share'])} single)  "
+          f"candidates {sh['candidates']:,}")
+    for r in sh.get("per_source", []):
+        print(f"  source {r['source']}: {r['candidates']:,} candidates over {r['queries']:,} queries")
+    if st.get("model") is None:
+        print(st.get("note", ""))
+        return
+    sc = st["scores"]
+    print(f"model {st['model']}: s_pos median {sc['s_pos_min'].get('median') or 0:.3f}, s_neg median "
+          f"{sc['s_neg'].get('median') or 0:.3f}, delta median {sc['delta'].get('median') or 0:.3f}, "
+          f"inversion rate {_pct(sc.get('inversion_rate'))}")
+    pr = st.get("positive_rank", {})
+    if "mrr" in pr:
+        print(f"labeled positive: MRR@{pr['depth']} {pr['mrr']:.3f}, success@1 {_pct(pr.get('success_at_1'))}")
+    if "bands" in st:
+        b = st["bands"]
+        print("bands: " + ", ".join(f"{k} {v:,} ({_pct(b['shares'][k])})" for k, v in b["counts"].items()))
+        s = st["short_queries"]
+        print(f"queries short of {s['negatives']} negatives after cleaning: {s['count']:,} ({_pct(s['share'])})")
+        v = st["verdicts"]
+        print(f"verdicts: {v['items_reviewed']:,} items by {v['annotators']} annotators")
+        for r in v["per_band"]:
+            ci = "" if not r["ci95"] else f" [{_pct(r['ci95'][0])}, {_pct(r['ci95'][1])}]"
+            print(f"  {r['band']:<10} {r['false_negative']}/{r['judged']} false negatives = {_pct(r['rate'])}{ci}"
+                  + (f" ({r['sample']})" if r["sample"] else ""))
+        est = v["estimated_total_false_negatives"]
+        if est["estimate"] is not None:
+            print(f"  estimated false negatives in all bands: {est['estimate']:.0f}"
+                  + (" (some bands risk-ordered only: leans high)" if est["biased_upward"] else ""))
+        for r in v["per_rank_bucket"]:
+            if r["judged"]:
+                print(f"  rank {r['ranks']:<7} {r['false_negative']}/{r['judged']} = {_pct(r['rate'])}")
+        if v["agreement"]["items"]:
+            print(f"  Cohen's kappa over {v['agreement']['items']} items: {v['agreement']['kappa']}")
+    jk = (st.get("judged_at_k") or {}).get("by_k") or []
+    if jk:
+        print("judged@k (qrels label / label or verdict): " + ", ".join(
+            f"@{r['k']} {_pct(r['judged'])}/{_pct(r['judged_or_reviewed'])}" for r in jk if r["k"] in (1, 5, 10, 50)))

@@ -1,0 +1,156 @@
+"""`auditor queue` and `auditor verdicts import|export`: the review queue and verdicts from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "queue",
+        help="print the review queue in order",
+        description=(
+            "Print the review queue: candidates ordered by false-negative risk (suspicious first, then by margin to "
+            "the positive), or stratified random per band with each item's sampling probability. Items already "
+            "judged (by ANNOTATOR, or by enough annotators) are left out. With --json, a JSON array of items "
+            "carrying query_id, doc_id (the source's ids), band, rule and scores, ready for an LLM judge whose "
+            "answers come back through `auditor verdicts import`."
+        ),
+    )
+    p.add_argument("--db", required=True, help="store file")
+    p.add_argument("--limit", type=int, default=20, help="items to print (default 20; 0 = all)")
+    p.add_argument("--mode", choices=["risk", "stratified"], default="risk", help="queue order (default risk)")
+    p.add_argument("--band", action="append", choices=["suspicious", "ambiguous", "too_easy"],
+                   help="only this band (repeatable)")
+    p.add_argument("--source", help="only candidates from this source (e.g. given, or a mining run's name)")
+    p.add_argument("--query-id", help="only this query")
+    p.add_argument("--annotator", help="leave out items this annotator has already judged")
+    p.add_argument("--band-config", default="default", help="band configuration (default: default)")
+    p.add_argument("--model", help="scorer whose bands to use (default: the latest scored)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the stratified order (default 42)")
+    p.add_argument("--texts", action="store_true", help="with --json, add the query and candidate texts")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.set_defaults(func=run_queue)
+
+    v = sub.add_parser(
+        "verdicts",
+        help="import or export review verdicts (JSONL)",
+        description="Bring verdicts in from another annotator, a script or an LLM judge, or write them out.",
+    )
+    vsub = v.add_subparsers(dest="verdicts_command", metavar="ACTION")
+    vsub.required = True
+    imp = vsub.add_parser(
+        "import",
+        help="append verdicts from a JSONL file",
+        description=(
+            'Append verdicts from JSONL lines {"query_id", "doc_id", "verdict", "annotator", "note"?}; verdict is '
+            "false_negative, true_negative or unsure. The whole file is checked first (errors name file, line and "
+            "field; unknown ids are rejected), then written in one transaction: all lines or none."
+        ),
+    )
+    imp.add_argument("file", help="verdict file (JSONL)")
+    imp.add_argument("--db", required=True, help="store file")
+    imp.add_argument("--annotator", help="annotator name for lines that carry none")
+    imp.add_argument("--band-config", default="default", help="band configuration used to record each item's band")
+    imp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    imp.set_defaults(func=run_import)
+    exp = vsub.add_parser(
+        "export",
+        help="write verdict events to a JSONL file",
+        description="Write every verdict event (undos included) as JSONL, or with --current only the verdicts in "
+                    "force, in the import layout. Written atomically.",
+    )
+    exp.add_argument("--db", required=True, help="store file")
+    exp.add_argument("--out", required=True, help="output file (JSONL)")
+    exp.add_argument("--current", action="store_true", help="only each annotator's current verdict per item")
+    exp.set_defaults(func=run_export)
+
+
+def run_queue(args: argparse.Namespace) -> int:
+    from auditor.cli import UserError
+    from auditor.review import build_queue, item_context
+    from auditor.store import open_store
+
+    if args.limit < 0:
+        raise UserError("--limit must be 0 (all) or more")
+    con = open_store(args.db, read_only=True)
+    try:
+        df = build_queue(
+            con, mode=args.mode, model=args.model, config=args.band_config, bands=args.band, source=args.source,
+            query_id=args.query_id, annotator=args.annotator, limit=args.limit or None, seed=args.seed,
+        )
+        items = _records(df)
+        if args.texts:
+            for item in items:
+                ctx = item_context(con, item["query_id"], item["doc_id"], model=args.model, config=args.band_config)
+                item["query"] = ctx["query"]
+                item["positives"] = [p["text"] for p in ctx["positives"]]
+                item["text"] = ctx["candidate"]["text"]
+                item["title"] = ctx["candidate"]["title"]
+    finally:
+        con.close()
+    if args.json:
+        json.dump(items, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    if not items:
+        print("the queue is empty")
+        return 0
+    print(f"{'#':>4}  {'band':<10} {'rule':<16} {'s_neg':>7} {'s_pos':>7} {'delta':>7} {'rank':>5}  query_id / doc_id")
+    for i, it in enumerate(items, 1):
+        rank = "" if it["rank"] is None else it["rank"]
+        print(f"{i:>4}  {it['band']:<10} {it['rule']:<16} {it['s_neg']:>7.3f} {it['s_pos_min']:>7.3f} "
+              f"{it['delta']:>7.3f} {rank:>5}  {it['query_id']} / {it['doc_id']}")
+    return 0
+
+
+def _records(df) -> list[dict]:
+    import math
+
+    out = []
+    for row in df.to_dict(orient="records"):
+        clean = {}
+        for k, v in row.items():
+            if hasattr(v, "item") and not isinstance(v, (list, str)):
+                v = v.item()
+            if isinstance(v, float) and math.isnan(v):
+                v = None
+            clean[k] = v
+        if clean.get("rank") is not None:
+            clean["rank"] = int(clean["rank"])
+        out.append(clean)
+    return out
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from auditor.store import open_store
+    from auditor.verdicts_io import import_verdicts
+
+    con = open_store(args.db)
+    try:
+        summary = import_verdicts(con, args.file, annotator=args.annotator, config=args.band_config)
+    finally:
+        con.close()
+    if args.json:
+        print(json.dumps(summary.__dict__, indent=2))
+    else:
+        counts = ", ".join(f"{n} {v}" for v, n in sorted(summary.per_verdict.items()))
+        print(f"imported {summary.written} verdicts from {summary.path} ({counts}) by "
+              f"{', '.join(summary.annotators)}"
+              + (f"; {summary.unchanged} lines repeated a verdict in force and were skipped" if summary.unchanged else ""))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from auditor.store import open_store
+    from auditor.verdicts_io import export_verdicts
+
+    con = open_store(args.db, read_only=True)
+    try:
+        n = export_verdicts(con, args.out, current_only=args.current)
+    finally:
+        con.close()
+    print(f"wrote {n} {'current verdicts' if args.current else 'verdict events'} to {args.out}")
+    return 0
