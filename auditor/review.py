@@ -625,11 +625,12 @@ def item_context(
         for r in con.execute(
             """
             SELECT r.doc_id, d.title, d.text, r.grade, r.teacher_score
-            FROM qrels r JOIN (SELECT doc_id, any_value(title) AS title, any_value(text) AS text
-                               FROM documents GROUP BY doc_id) d USING (doc_id)
-            WHERE r.query_id = ? AND r.relevant ORDER BY r.grade DESC NULLS LAST, r.doc_id
+            FROM qrels r JOIN documents d USING (doc_id)
+            WHERE r.query_id = ? AND r.relevant
+              AND d.doc_id IN (SELECT doc_id FROM qrels WHERE query_id = ? AND relevant)
+            ORDER BY r.grade DESC NULLS LAST, r.doc_id
             """,
-            [query_id],
+            [query_id, query_id],
         ).fetchall()
     ]
     cand = con.execute(
@@ -638,8 +639,7 @@ def item_context(
                s.rank, b.weight, s.sim_to_pos, s.ce_neg, s.ce_pos,
                (SELECT list(DISTINCT c.source ORDER BY c.source) FROM candidates c
                 WHERE c.query_id = ? AND c.doc_id = ?) AS sources
-        FROM (SELECT doc_id, any_value(title) AS title, any_value(text) AS text FROM documents
-              WHERE doc_id = ? GROUP BY doc_id) d
+        FROM (SELECT doc_id, title, text FROM documents WHERE doc_id = ? LIMIT 1) d
         LEFT JOIN scored s ON s.model = ? AND s.query_id = ? AND s.doc_id = d.doc_id
         LEFT JOIN bands b ON b.config = ? AND b.model = ? AND b.query_id = ? AND b.doc_id = d.doc_id
         """,
@@ -656,12 +656,13 @@ def item_context(
         SELECT b.doc_id, b.band, b.rule, s.s_neg, s.delta, s.rank, d.title,
                left(d.text, {SNIPPET_CHARS}) AS snippet
         FROM bands b JOIN scored s ON s.model = b.model AND s.query_id = b.query_id AND s.doc_id = b.doc_id
-        JOIN (SELECT doc_id, any_value(title) AS title, any_value(text) AS text FROM documents GROUP BY doc_id) d
-             ON d.doc_id = b.doc_id
+        JOIN documents d ON d.doc_id = b.doc_id
         WHERE b.config = ? AND b.model = ? AND b.query_id = ? AND b.doc_id <> ?
+          -- only this query's documents: keeps the join from scanning the whole corpus
+          AND d.doc_id IN (SELECT doc_id FROM candidates WHERE query_id = ?)
         ORDER BY s.rank NULLS LAST, s.s_neg DESC
         """,
-        [config, model, query_id, doc_id],
+        [config, model, query_id, doc_id, query_id],
     )
     names = [d[0] for d in others_cur.description]
     others = [dict(zip(names, r)) for r in others_cur.fetchall()]
