@@ -102,3 +102,78 @@ def handbuilt_store(tmp_path):
     build_handbuilt_store(con)
     yield con
     con.close()
+
+
+# ---- the app's stores (helper C) ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mined_cranfield_path(tmp_path_factory) -> Path:
+    """The sample store exactly as `auditor app` builds it (Cranfield ingested, mined with the default model, default
+    bands), built once per session through auditor.sample.build_sample_store. Copy it (copy_store) before writing."""
+    from auditor.sample import build_sample_store
+
+    path = tmp_path_factory.mktemp("mined") / "cranfield-mined.duckdb"
+    build_sample_store(path)
+    return path
+
+
+def copy_store(src: Path, dst: Path) -> Path:
+    """Copy a closed store file (and its write-ahead log, if any) to dst."""
+    import shutil
+
+    shutil.copyfile(src, dst)
+    wal = Path(f"{src}.wal")
+    if wal.exists():
+        shutil.copyfile(wal, Path(f"{dst}.wal"))
+    return dst
+
+
+@pytest.fixture
+def handbuilt_store_path(tmp_path) -> Path:
+    """The hand-built store (see HANDBUILT_CANDIDATES) as a closed file, for code that opens the path itself (the app)."""
+    from auditor.store import open_store
+
+    path = tmp_path / "hand-app.duckdb"
+    con = open_store(path)
+    build_handbuilt_store(con)
+    con.close()
+    return path
+
+
+# ---- the scoring engine's stores (helper A) ------------------------------------------------------------------------
+
+
+def seed_embeddings(con, src: Path) -> int:
+    """Copy the embedding cache of another (closed) store into `con`; returns the rows copied. Texts are keyed by
+    hash, so a store over the same texts then mines without encoding anything."""
+    con.execute(f"ATTACH '{src}' AS seed_src (READ_ONLY)")
+    try:
+        con.execute("INSERT INTO embeddings SELECT * FROM seed_src.embeddings")
+    finally:
+        con.execute("DETACH seed_src")
+    return con.execute("SELECT count(*) FROM embeddings").fetchall()[0][0]
+
+
+@pytest.fixture(scope="session")
+def planted_cranfield(tmp_path_factory, mined_cranfield_path) -> dict:
+    """Cranfield with one positive kept per query and the others hidden (auditor.planted), ingested and mined with
+    the default model (embeddings reused from the mined sample store, so nothing is encoded again).
+    Returns {"path": store file (closed; copy before writing), "answer_key": TSV, "folder": BEIR folder}."""
+    from auditor.ingest import ingest_path
+    from auditor.mine import mine
+    from auditor.planted import hide_positives
+    from auditor.store import open_store
+
+    base = tmp_path_factory.mktemp("planted")
+    hidden = hide_positives(CRANFIELD, base / "cranfield-1pos", keep=1, seed=42)
+    path = base / "planted.duckdb"
+    con = open_store(path)
+    try:
+        ingest_path(con, base / "cranfield-1pos")
+        seed_embeddings(con, mined_cranfield_path)
+        mine(con)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    return {"path": path, "answer_key": hidden.answer_key, "folder": base / "cranfield-1pos"}

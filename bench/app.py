@@ -1,0 +1,207 @@
+"""Benchmark: server-side speed of the app on a store of about a million candidates.
+
+Generates a store by SQL alone (queries, documents, positives, candidates, scores; bands from the library's rules
+when `auditor.bands` is present, else the default rules written in SQL) — no model. Then measures:
+
+* next review item: ``review.next_item`` + ``review.item_context`` for 100 consecutive items, recording a verdict
+  after each one (the work the Review page does per keypress), median and p95, with the two parts apart;
+* the Review page and the Histograms page run headless with Streamlit's AppTest (a full script run, including
+  Plotly figure building): first render, re-runs, and on the Review page a verdict click (record + next item).
+
+Targets (issue 4): next item p95 < 200 ms, histograms page < 1 s.
+
+    .venv/bin/python bench/app.py [--candidates 1000000] [--per-query 50] [--items 100] [--keep PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MODEL = "bench-model"
+
+
+def generate_store(path: Path, n_candidates: int = 1_000_000, per_query: int = 50, seed: int = 7) -> dict:
+    """Write a scored, banded store of ``n_candidates`` candidates at ``path`` (SQL only). Returns counts."""
+    from auditor.store import open_store
+
+    n_queries = max(1, n_candidates // per_query)
+    n_docs = max(per_query + 1, n_candidates // 5)
+    con = open_store(path)
+    con.execute(f"SELECT setseed({(seed % 1000) / 1000})")
+    con.execute(
+        """
+        INSERT INTO queries SELECT 'q' || i, 'synthetic question number ' || i || ' about topic ' || (i % 97),
+               md5('q' || i), 'bench', NULL FROM range(?) t(i)
+        """,
+        [n_queries],
+    )
+    con.execute(
+        """
+        INSERT INTO documents SELECT 'd' || i, 'Document ' || i,
+               'Synthetic passage ' || i || ' discussing topic ' || (i % 97) || '. '
+                   || repeat('Lorem ipsum dolor sit amet. ', 8),
+               md5('d' || i), 'bench' FROM range(?) t(i)
+        """,
+        [n_docs],
+    )
+    con.execute(
+        "INSERT INTO qrels SELECT 'q' || i, 'd' || ((i * 7919) % ?), true, 1, NULL, 'bench' FROM range(?) t(i)",
+        [n_docs, n_queries],
+    )
+    # Candidate r of query q is document (q * per_query + r + 1) mod n_docs: distinct within a query, never the positive
+    # unless by accident (then it still is a valid row: the app does not care).
+    con.execute(
+        """
+        CREATE TEMP TABLE gen AS
+        SELECT 'q' || q AS query_id, 'd' || ((q * ? + r + 1) % ?) AS doc_id, r + 1 AS rank,
+               0.45 + 0.4 * random() AS s_pos, random() AS u,
+               CASE WHEN r % 5 = 0 THEN 'given' ELSE 'mined' END AS source
+        FROM range(?) a(q), range(?) b(r)
+        """,
+        [per_query, n_docs, n_queries, per_query],
+    )
+    con.execute(
+        """
+        INSERT INTO candidates (query_id, doc_id, source, source_rank, source_score, model)
+        SELECT query_id, doc_id, source, rank, NULL, ? FROM gen
+        """,
+        [MODEL],
+    )
+    con.execute(
+        """
+        INSERT INTO scores
+        SELECT ?, query_id, doc_id,
+               s_pos - 0.6 * (rank / ?) - 0.15 * u + 0.06 AS s_neg, s_pos, s_pos, s_pos,
+               0.3 + 0.6 * u, rank, NULL, NULL
+        FROM gen
+        """,
+        [MODEL, per_query],
+    )
+    con.execute("DROP TABLE gen")
+    try:
+        from auditor import bands as bands_mod
+        from auditor.config import BandConfig, DEFAULT_BAND_CONFIG
+
+        bands_mod.save_band_config(con, DEFAULT_BAND_CONFIG, BandConfig())
+        bands_mod.assign_bands(con, DEFAULT_BAND_CONFIG, MODEL, BandConfig())
+    except ImportError:
+        con.execute(
+            """
+            INSERT INTO bands
+            SELECT 'default', model, query_id, doc_id,
+                   CASE WHEN s_neg >= s_pos_min OR s_neg > s_pos_min - abs(s_pos_min) * 0.05 THEN 'suspicious'
+                        WHEN exp(-20 * (delta + 0.15) ^ 2) >= 0.3 THEN 'ambiguous' ELSE 'too_easy' END,
+                   CASE WHEN s_neg >= s_pos_min THEN 'inversion'
+                        WHEN s_neg > s_pos_min - abs(s_pos_min) * 0.05 THEN 'relative_margin' ELSE 'simans' END,
+                   exp(-20 * (delta + 0.15) ^ 2)
+            FROM scored
+            """
+        )
+    tables = ("queries", "documents", "scores", "bands")
+    counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+    con.close()
+    return counts
+
+
+def _pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def bench_next_item(path: Path, n_items: int) -> dict[str, list[float]]:
+    """Per item: next_item (the queue query) and item_context (what the page shows), timed separately."""
+    from auditor import review
+    from auditor.store import SharedStore
+
+    store = SharedStore(path)
+    con = store.cursor()
+    out: dict[str, list[float]] = {"next_item": [], "item_context": [], "total": []}
+    for i in range(n_items):
+        t0 = time.perf_counter()
+        item = review.next_item(con, annotator="bench", mode="risk" if i % 2 == 0 else "stratified")
+        t1 = time.perf_counter()
+        review.item_context(con, item["query_id"], item["doc_id"], model=item["model"])
+        t2 = time.perf_counter()
+        out["next_item"].append(t1 - t0)
+        out["item_context"].append(t2 - t1)
+        out["total"].append(t2 - t0)
+        review.record_verdict(
+            con, query_id=item["query_id"], doc_id=item["doc_id"], verdict="true_negative", annotator="bench",
+            band=item["band"], queue_mode=item["mode"], sampling_prob=item.get("sampling_prob"),
+        )
+    store.close()
+    return out
+
+
+def bench_pages(path: Path, runs: int) -> dict[str, list[float]]:
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["AUDITOR_DB"] = str(path)
+    out: dict[str, list[float]] = {}
+    for page in ("pages/review.py", "pages/histograms.py"):
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        at.session_state["annotator"] = "bench-page"
+        at.run()
+        at.switch_page("pages/load.py").run()  # warm: imports, store opened once per process
+        t0 = time.perf_counter()
+        at.switch_page(page).run()  # first render of the page in this session
+        if page.endswith("histograms.py"):  # cold: its cached aggregates are computed here
+            out[page + " (first)"] = [time.perf_counter() - t0]
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            at.run()
+            times.append(time.perf_counter() - t0)
+            if at.exception:
+                raise RuntimeError(f"{page}: {at.exception[0].message}")
+        out[page] = times
+        if page.endswith("review.py"):  # a verdict: the page records it, fetches and shows the next item
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                at.button(key="v_tn").click().run()
+                times.append(time.perf_counter() - t0)
+            out[page + " (verdict + next item)"] = times
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--candidates", type=int, default=1_000_000)
+    ap.add_argument("--per-query", type=int, default=50)
+    ap.add_argument("--items", type=int, default=100, help="review items timed")
+    ap.add_argument("--page-runs", type=int, default=5, help="AppTest runs per page")
+    ap.add_argument("--keep", type=Path, help="write the generated store here (reused if it exists)")
+    args = ap.parse_args()
+
+    tmp = tempfile.TemporaryDirectory()
+    path = args.keep or Path(tmp.name) / "bench.duckdb"
+    if not path.exists():
+        t0 = time.perf_counter()
+        counts = generate_store(path, args.candidates, args.per_query)
+        print(f"generated store in {time.perf_counter() - t0:.1f} s: {counts}")
+    parts = bench_next_item(path, args.items)
+    for name, ts in parts.items():
+        ms = [t * 1000 for t in ts]
+        target = "   (target p95 < 200 ms)" if name == "total" else ""
+        print(f"next review item, {name:<12} {len(ms)} items: median {statistics.median(ms):7.1f} ms, "
+              f"p95 {_pct(ms, 95):7.1f} ms{target}")
+    for page, ts in bench_pages(path, args.page_runs).items():
+        ms = [t * 1000 for t in ts]
+        target = "   (target < 1000 ms)" if "histograms" in page else ""
+        print(f"{page} full page run (AppTest), {len(ms)} run(s): median {statistics.median(ms):.0f} ms, "
+              f"max {max(ms):.0f} ms{target}")
+    print(f"(load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+
+if __name__ == "__main__":
+    main()

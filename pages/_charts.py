@@ -1,0 +1,88 @@
+"""Plotly figures of pre-aggregated bin counts (from auditor.bands.histogram); no data access here."""
+
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+
+from pages._common import BAND_COLORS, BAND_LABELS
+
+_LAYOUT = dict(
+    template="plotly_white",
+    height=320,
+    margin=dict(l=10, r=10, t=40, b=10),
+    bargap=0.02,
+    legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
+)
+
+
+def _centers(h: dict) -> list[float]:
+    e = h["edges"]
+    return [(e[i] + e[i + 1]) / 2 for i in range(len(e) - 1)]
+
+
+def _width(h: dict) -> float:
+    e = h["edges"]
+    return (e[1] - e[0]) if len(e) > 1 else 1.0
+
+
+def _bars(h: dict, name: str, color: str, opacity: float = 0.65) -> go.Bar:
+    return go.Bar(x=_centers(h), y=h["counts"], width=_width(h), name=name, marker_color=color, opacity=opacity,
+                  hovertemplate="%{x:.3f}: %{y:,}<extra>" + name + "</extra>")
+
+
+def _vline(fig: go.Figure, x: float, label: str, color: str, dash: str = "dash") -> None:
+    fig.add_vline(x=x, line_color=color, line_dash=dash, line_width=2,
+                  annotation_text=label, annotation_position="top", annotation_font_color=color)
+
+
+def scores_figure(h_pos: dict, h_neg: dict, absolute_cap: float | None) -> go.Figure:
+    """s_pos and s_neg on shared bins; the absolute cap (when on) drawn as a line."""
+    fig = go.Figure([_bars(h_pos, "s_pos (labeled positive)", "#2563EB"), _bars(h_neg, "s_neg (candidate)", "#DC2626")])
+    if absolute_cap is not None:
+        _vline(fig, absolute_cap, f"absolute cap {absolute_cap:.2f}", BAND_COLORS["suspicious"])
+    fig.update_layout(barmode="overlay", title="Similarity to the query", xaxis_title="cosine similarity",
+                      yaxis_title="candidates", **_LAYOUT)
+    return fig
+
+
+def delta_figure(
+    h: dict, absolute_margin: float | None, simans_a: float, simans_b: float, min_weight: float
+) -> go.Figure:
+    """delta = s_neg - s_pos with the inversion line, the margin rule and the SimANS (ambiguous) window shaded."""
+    fig = go.Figure([_bars(h, "candidates", "#6366F1", 0.85)])
+    if 0 < min_weight < 1 and simans_a > 0:
+        half = math.sqrt(-math.log(min_weight) / simans_a)
+        fig.add_vrect(x0=simans_b - half, x1=simans_b + half, fillcolor=BAND_COLORS["ambiguous"], opacity=0.12,
+                      line_width=0, annotation_text="ambiguous window", annotation_position="top left")
+    _vline(fig, 0.0, "inversion", BAND_COLORS["suspicious"], "solid")
+    if absolute_margin is not None:
+        _vline(fig, -absolute_margin, f"margin -{absolute_margin:.2f}", BAND_COLORS["suspicious"])
+    fig.update_layout(title="Margin to the positive (delta = s_neg - s_pos)", xaxis_title="delta",
+                      yaxis_title="candidates", showlegend=False, **_LAYOUT)
+    return fig
+
+
+def ratio_figure(h: dict, relative_margin: float | None) -> go.Figure:
+    """ratio = s_neg / s_pos with the relative-margin rule drawn at 1 - margin."""
+    fig = go.Figure([_bars(h, "candidates", "#0EA5E9", 0.85)])
+    if relative_margin is not None:
+        _vline(fig, 1 - relative_margin, f"{100 * (1 - relative_margin):.0f}% of the positive",
+               BAND_COLORS["suspicious"])
+    fig.update_layout(title="Ratio to the positive (s_neg / s_pos)", xaxis_title="ratio", yaxis_title="candidates",
+                      showlegend=False, **_LAYOUT)
+    return fig
+
+
+def band_bars(counts: dict[str, dict[str, int]], title: str, x_title: str) -> go.Figure:
+    """Stacked bars: counts[group][band] for each group (a source, a rule, ...)."""
+    groups = list(counts)
+    fig = go.Figure(
+        [
+            go.Bar(x=groups, y=[counts[g].get(b, 0) for g in groups], name=BAND_LABELS[b], marker_color=color)
+            for b, color in BAND_COLORS.items()
+        ]
+    )
+    fig.update_layout(barmode="stack", title=title, xaxis_title=x_title, yaxis_title="candidates", **_LAYOUT)
+    return fig

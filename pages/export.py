@@ -1,0 +1,153 @@
+"""Export page: choose the format and the negatives, preview, download; and the statistics summary.
+
+No export logic here: the file comes from auditor.export.export (the code behind `auditor export`), the numbers from
+auditor.stats. The page also shows the equivalent command line, for pipelines.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from auditor import config, stats
+from auditor.store import StoreError
+from auditor.ui_helpers import banded_pairs
+from pages import _common as ui
+from pages._stats import stats_summary
+
+ui.require_app()
+ss = st.session_state
+con = ui.cursor()
+
+ui.page_header("Export", "Cleaned training data in the layout your trainer reads, and the statistics of the audit.")
+pairs = banded_pairs(con)
+if not pairs:
+    st.info("Nothing to export yet: load a training set and mine candidates on the **Load data** page.")
+    st.page_link("pages/load.py", label="Go to Load data", icon=":material/upload_file:")
+    st.stop()
+
+FORMAT_HELP = {
+    "triplet": 'sentence-transformers {"anchor", "positive", "negative"}: one line per (positive, negative) pair',
+    "ntuple": 'FlagEmbedding {"query", "pos": [...], "neg": [...]}: one line per query',
+    "rich": "ids, texts and, per negative, band, scores, rank, source and verdict: one line per query",
+}
+STRATEGY_HELP = {
+    "top": "the hardest negatives left after cleaning",
+    "random": "at random within a rank window",
+    "simans": "sampled by SimANS weight (the informative middle)",
+    "band-mix": "a mix of ambiguous and too-easy negatives",
+}
+defaults = config.ExportConfig()
+
+
+def _shorten(value, limit: int = 120):
+    """A preview copy of an exported row with long strings cut (display only)."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + "…"
+    if isinstance(value, list):
+        return [_shorten(v, limit) for v in value[:6]] + (["…"] if len(value) > 6 else [])
+    if isinstance(value, dict):
+        return {k: _shorten(v, limit) for k, v in value.items()}
+    return value
+
+left, right = st.columns([1, 1], gap="large")
+with left:
+    with st.container(border=True):
+        st.markdown("**Options**")
+        fmt = st.radio("Format", list(FORMAT_HELP), key="x_fmt", horizontal=True, captions=None,
+                       help="\n\n".join(f"**{k}**: {v}" for k, v in FORMAT_HELP.items()))
+        st.caption(FORMAT_HELP[fmt])
+        c1, c2 = st.columns(2)
+        negatives = c1.number_input("Negatives per query", 1, 1000, defaults.negatives, key="x_neg")
+        strategy = c2.selectbox("Choice of negatives", list(STRATEGY_HELP), key="x_strategy",
+                                format_func=lambda s: f"{s}: {STRATEGY_HELP[s]}")
+        labels = [f"{c} · {m}" for c, m, _ in pairs]
+        choice = st.selectbox("Band configuration · model", labels, key="x_bands")
+        band_config, model, _ = pairs[labels.index(choice)]
+        relabel = st.toggle("Confirmed false negatives become positives", value=defaults.relabel, key="x_relabel",
+                            help="off: they are dropped from the negatives (the default)")
+        drop_susp = st.toggle("Drop unreviewed suspicious candidates", value=defaults.drop_unreviewed_suspicious,
+                              key="x_drop", help="suspicious = likely false negatives; keep them out until reviewed")
+        seed = st.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="x_seed")
+        go = st.button("Prepare export", type="primary", key="x_go", icon=":material/build:")
+
+    cmd = ["auditor", "export", "--db", str(ui.db_path()), "--out", f"train.{fmt}.jsonl", "--format", fmt,
+           "--negatives", str(int(negatives)), "--strategy", strategy, "--band-config", band_config,
+           "--seed", str(int(seed))]
+    if relabel:
+        cmd.append("--relabel")
+    if not drop_susp:
+        cmd.append("--keep-unreviewed-suspicious")
+    st.caption("The same from the command line (for pipelines and very large sets):")
+    st.code(shlex.join(cmd), language="bash", wrap_lines=True)
+
+if go:
+    from auditor.export import export
+
+    out_dir = Path(ss.get("x_dir") or tempfile.mkdtemp(prefix="auditor-export-"))
+    ss["x_dir"] = str(out_dir)
+    out = out_dir / f"train.{fmt}.jsonl"
+    bar = st.progress(0.0, text="Exporting…")
+    try:
+        summary = export(ui.cursor(), out, fmt=fmt, negatives=int(negatives), strategy=strategy, relabel=relabel,
+                         drop_unreviewed_suspicious=drop_susp, config=band_config, model=model, seed=int(seed),
+                         progress=ui.progress_callback(bar))
+    except (StoreError, ValueError, OSError) as exc:
+        bar.empty()
+        st.error(str(exc))
+        ss.pop("x_result", None)
+    else:
+        bar.empty()
+        preview = []
+        with out.open(encoding="utf-8") as fh:
+            for line in fh:
+                preview.append(json.loads(line))
+                if len(preview) == 3:
+                    break
+        ss["x_result"] = {"path": str(out), "summary": summary, "preview": preview, "fmt": fmt}
+
+with right:
+    result = ss.get("x_result")
+    if not result:
+        st.info("Choose the options and press **Prepare export** to preview and download the file.")
+    else:
+        s = result["summary"]
+        with st.container(border=True):
+            st.markdown(f"**{Path(result['path']).name}**")
+            m = st.columns(3)
+            m[0].metric("Lines", f"{s.rows:,}")
+            m[1].metric("Queries", f"{s.queries_written:,}", f"of {s.queries_with_positives:,} with positives",
+                        delta_color="off", delta_arrow="off")
+            m[2].metric("Negatives", f"{s.negatives_written:,}")
+            m = st.columns(3)
+            m[0].metric(f"Short of {s.negatives_per_query}",
+                        f"{s.short_queries:,}", help="queries that got fewer negatives than asked (none included)")
+            m[1].metric("Confirmed FNs", f"{s.confirmed_false_negatives:,}",
+                        "relabeled" if s.relabel else "dropped", delta_color="off",
+                        delta_arrow="off", help="candidates an annotator confirmed as false negatives")
+            m[2].metric("Positives", f"{s.positives_written:,}")
+            path = Path(result["path"])
+            if path.exists():
+                with path.open("rb") as fh:
+                    st.download_button("Download JSONL", fh, file_name=path.name, mime="application/jsonl",
+                                       type="primary", icon=":material/download:", key="x_download")
+        st.markdown("**Preview** (first lines; long texts shortened here, not in the file)")
+        with st.container(height=300, border=False):
+            for row in result["preview"]:
+                st.code(json.dumps(_shorten(row), ensure_ascii=False, indent=1), language="json", wrap_lines=True)
+
+st.divider()
+st.subheader("Statistics")
+st.caption(f"Band configuration '{band_config}', model {model}; short queries counted for {int(negatives)} negatives.")
+try:
+    report = stats.compute_stats(con, config=band_config, model=model, negatives=int(negatives))
+except (StoreError, ValueError) as exc:
+    st.error(str(exc))
+else:
+    stats_summary(report)
+    st.download_button("Download statistics (JSON)", json.dumps(report, indent=2, default=str), file_name="stats.json",
+                       mime="application/json", key="x_stats_download", icon=":material/download:")

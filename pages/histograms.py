@@ -1,0 +1,194 @@
+"""Histograms & bands page: score geometry, and thresholds whose effect is previewed live before saving.
+
+All counting happens in DuckDB (auditor.bands.preview_bands / histogram): the page stays fast on a million candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import streamlit as st
+
+from auditor import bands
+from auditor.config import DEFAULT_BAND_CONFIG, BandConfig
+from auditor.store import StoreError
+from auditor.ui_helpers import band_counts_by_source, scored_models, scores_version
+from pages import _charts
+from pages import _common as ui
+
+ui.require_app()
+
+ss = st.session_state
+con = ui.cursor()
+BINS = 60
+
+
+# Histograms and per-source counts depend only on the stored scores and bands, not on the sliders: computed in SQL
+# once per version of the store (scores_version changes whenever mining or band assignment writes).
+@st.cache_data(max_entries=32, show_spinner=False)
+def _histograms(db: str, model: str, version: tuple) -> dict:
+    cur = ui.cursor()
+    h_neg = bands.histogram(cur, "s_neg", model, bins=BINS)
+    h_pos = bands.histogram(cur, "s_pos_min", model, bins=BINS)
+    if h_neg["n"] and h_pos["n"]:
+        lo, hi = min(h_neg["lo"], h_pos["lo"]), max(h_neg["hi"], h_pos["hi"])
+        h_neg = bands.histogram(cur, "s_neg", model, bins=BINS, lo=lo, hi=hi)
+        h_pos = bands.histogram(cur, "s_pos_min", model, bins=BINS, lo=lo, hi=hi)
+    return {
+        "s_neg": h_neg,
+        "s_pos": h_pos,
+        "delta": bands.histogram(cur, "delta", model, bins=BINS),
+        "ratio": bands.histogram(cur, "ratio", model, bins=BINS, where="s_pos_min > 0"),
+    }
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _by_source(db: str, config: str, model: str, version: tuple) -> dict:
+    return band_counts_by_source(ui.cursor(), config, model)
+
+
+ui.page_header("Histograms & bands", "How negatives score against their positive, and what each threshold would do.")
+models = scored_models(con)
+if not models:
+    st.info("No scores yet: load a training set and mine candidates on the **Load data** page.")
+    st.page_link("pages/load.py", label="Go to Load data", icon=":material/upload_file:")
+    st.stop()
+
+configs = bands.list_band_configs(con)
+config_names = sorted(set(configs) | {DEFAULT_BAND_CONFIG}, key=lambda n: (n != DEFAULT_BAND_CONFIG, n))
+if "h_base_next" in ss:  # just saved: show the saved configuration (a widget's value is set before it is drawn)
+    ss["h_base"] = ss.pop("h_base_next")
+    ss["h_loaded"] = None
+top = st.columns([2, 2, 1])
+model = top[0].selectbox("Model", models, key="h_model")
+base_name = top[1].selectbox("Start from band configuration", config_names, key="h_base")
+min_neg = top[2].number_input("N negatives per query", 1, 1000, 5, key="h_min_neg",
+                              help="queries left with fewer non-suspicious negatives than this are counted as short")
+base = configs.get(base_name) or BandConfig()
+
+# Load the chosen configuration into the sliders when the choice changes.
+if ss.get("h_loaded") != (base_name, model):
+    ss["h_loaded"] = (base_name, model)
+    ss["th_rel_on"], ss["th_rel"] = base.relative_margin is not None, float(base.relative_margin or 0.05)
+    ss["th_abs_on"], ss["th_abs"] = base.absolute_margin is not None, float(base.absolute_margin or 0.05)
+    ss["th_cap_on"], ss["th_cap"] = base.absolute_cap is not None, float(base.absolute_cap or 0.9)
+    ss["th_dup_on"], ss["th_dup"] = base.near_duplicate is not None, float(base.near_duplicate or 0.95)
+    ss["th_rank_on"], ss["th_rank"] = base.easy_rank is not None, int(base.easy_rank or 100)
+    ss["th_top_on"], ss["th_top"] = base.top_rank is not None, int(base.top_rank or 5)
+    ss["th_anchor_on"], ss["th_anchor"] = base.anchor_max_outscored is not None, int(base.anchor_max_outscored or 20)
+    ss["th_a"], ss["th_b"], ss["th_w"] = float(base.simans_a), float(base.simans_b), float(base.ambiguous_min_weight)
+
+controls, results = st.columns([1, 2], gap="large")
+with controls:
+    with st.container(border=True):
+        st.markdown(f"{ui.band_badge('suspicious')} **rules**")
+        st.caption("Any rule that fires marks the candidate a likely false negative; inversion (s_neg >= s_pos) is "
+                   "always on.")
+        on = st.toggle("Relative margin (% of the positive)", key="th_rel_on")
+        rel = st.slider("s_neg above this share of s_pos", 0.0, 0.5, step=0.005, key="th_rel", disabled=not on,
+                        format="%.3f",
+                        help="margin m: suspicious when s_neg > s_pos - |s_pos| * m (0.05 = the 95% rule)")
+        on_abs = st.toggle("Absolute margin", key="th_abs_on")
+        abs_m = st.slider("s_neg within this of s_pos", 0.0, 0.5, step=0.005, key="th_abs", disabled=not on_abs,
+                          format="%.3f")
+        on_cap = st.toggle("Absolute cap", key="th_cap_on")
+        cap = st.slider("s_neg at or above", 0.0, 1.0, step=0.01, key="th_cap", disabled=not on_cap)
+        on_dup = st.toggle("Near-duplicate of a positive", key="th_dup_on")
+        dup = st.slider("sim(positive, candidate) at or above", 0.5, 1.0, step=0.01, key="th_dup", disabled=not on_dup)
+        on_top = st.toggle("Top of the model's search", key="th_top_on",
+                           help="the very top ranks are where unlabeled positives concentrate (pooling bias)")
+        top_rank = st.slider("rank at or above", 1, 50, key="th_top", disabled=not on_top)
+        on_anchor = st.toggle("Skip margin rules for weak positives", key="th_anchor_on",
+                              help="a positive that many candidates outscore is a weak anchor: 'above the positive' "
+                              "is no evidence there, so inversion and margin rules are not applied to its query")
+        anchor_max = st.slider("positive outscored by at most", 0, 200, key="th_anchor", disabled=not on_anchor)
+    with st.container(border=True):
+        st.markdown(f"{ui.band_badge('ambiguous')} or {ui.band_badge('too_easy')}")
+        st.caption("SimANS weight exp(-a (delta - b)^2): high weight and not suspicious = ambiguous.")
+        a = st.slider("a (width)", 1.0, 100.0, step=1.0, key="th_a")
+        b = st.slider("b (centre of delta)", -1.0, 0.5, step=0.01, key="th_b")
+        w = st.slider("minimum weight", 0.01, 0.99, step=0.01, key="th_w")
+        on_rank = st.toggle("Too easy beyond a rank", key="th_rank_on")
+        rank = st.number_input("rank", 1, 100000, key="th_rank", disabled=not on_rank)
+
+cfg = replace(
+    base,
+    relative_margin=rel if on else None,
+    absolute_margin=abs_m if on_abs else None,
+    absolute_cap=cap if on_cap else None,
+    near_duplicate=dup if on_dup else None,
+    easy_rank=int(rank) if on_rank else None,
+    top_rank=int(top_rank) if on_top else None,
+    anchor_max_outscored=int(anchor_max) if on_anchor else None,
+    simans_a=a,
+    simans_b=b,
+    ambiguous_min_weight=w,
+)
+
+with results:
+    try:
+        preview = bands.preview_bands(con, cfg, model, int(min_neg))
+    except (StoreError, ValueError) as exc:
+        st.error(str(exc))
+        st.stop()
+    saved = bands.band_counts(con, base_name, model) if base_name in configs else {}
+    stored = {bd: sum(per.values()) for bd, per in saved.items()}
+    saved_rules: dict[str, int] = {}
+    for per in saved.values():
+        for rule, n in per.items():
+            saved_rules[rule] = saved_rules.get(rule, 0) + n
+    st.markdown("**With these thresholds**")
+    cols = st.columns(4)
+    total = preview["total_candidates"] or 1
+    for col, bd in zip(cols, bands.BANDS):
+        n = preview["candidates"][bd]
+        diff = n - stored[bd] if stored else None
+        col.metric(ui.BAND_LABELS[bd], f"{n:,}", f"{diff:+,} vs saved" if diff else None, delta_color="off",
+                   help=ui.BAND_HELP[bd], border=True)
+        col.caption(f"{100 * n / total:.1f}% of candidates · {preview['queries'][bd]:,} queries")
+    short = preview["short_queries"]
+    cols[3].metric(f"Short (< {int(min_neg)} neg.)", f"{short:,}", border=True,
+                   help="queries left with fewer than N negatives once suspicious candidates are dropped")
+    cols[3].caption(f"of {preview['total_queries']:,} queries")
+
+    tabs = st.tabs(["Scores", "Delta", "Ratio", "Per source", "Per rule"])
+    version = scores_version(con)
+    hists = _histograms(str(ui.db_path()), model, version)
+    with tabs[0]:
+        st.plotly_chart(_charts.scores_figure(hists["s_pos"], hists["s_neg"], cfg.absolute_cap), key="fig_scores")
+        st.caption("s_pos is counted once per candidate row (its query's lowest-scoring positive).")
+    with tabs[1]:
+        st.plotly_chart(_charts.delta_figure(hists["delta"], cfg.absolute_margin,
+                                             cfg.simans_a, cfg.simans_b, cfg.ambiguous_min_weight), key="fig_delta")
+    with tabs[2]:
+        st.plotly_chart(_charts.ratio_figure(hists["ratio"], cfg.relative_margin), key="fig_ratio")
+        st.caption("Queries whose positive scores at or below 0 are left out of the ratio.")
+    with tabs[3]:
+        if base_name in configs:
+            st.plotly_chart(_charts.band_bars(_by_source(str(ui.db_path()), base_name, model, version),
+                                              f"Saved bands of '{base_name}' per source", "source"), key="fig_src")
+        else:
+            st.caption("Save a configuration to see its bands per source.")
+    with tabs[4]:
+        live = {r: n for r, n in sorted(preview["rules"].items(), key=lambda kv: -kv[1])}
+        st.dataframe({"rule": list(live), "candidates (these thresholds)": list(live.values()),
+                      "candidates (saved)": [saved_rules.get(r, 0) for r in live]},
+                     hide_index=True, width="stretch")
+
+    with st.container(border=True):
+        st.markdown("**Save these thresholds**")
+        st.caption("Saving writes the bands of every candidate for this model; the review queue uses them at once.")
+        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+        name = c1.text_input("Configuration name", value=base_name, key="h_save_name")
+        if c2.button("Save and apply", type="primary", key="h_save", width="stretch", icon=":material/save:"):
+            if not name.strip():
+                st.error("Give the configuration a name.")
+            else:
+                with st.spinner("Assigning bands…"):
+                    counts = bands.assign_bands(con, name.strip(), model, cfg)
+                ss["h_base_next"] = name.strip()
+                ss["h_saved_msg"] = (f"Saved '{name.strip()}': " + ", ".join(
+                    f"{counts.get(bd, 0):,} {ui.BAND_LABELS[bd].lower()}" for bd in bands.BANDS))
+                st.rerun()
+        if ss.get("h_saved_msg"):
+            st.success(ss.pop("h_saved_msg"))

@@ -1,0 +1,149 @@
+"""Load data page: ingest a training set (upload or server path), then mine candidates with a model.
+
+The page only collects options; auditor.ingest.ingest_path and auditor.mine.mine do the work (the same code as
+`auditor ingest` and `auditor mine`), reporting progress through a callback that drives st.progress.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from pathlib import Path
+
+import streamlit as st
+
+from auditor import config
+from auditor.info import store_info
+from auditor.store import StoreError, table_counts
+from pages import _common as ui
+
+ui.require_app()
+ss = st.session_state
+con = ui.cursor()
+
+ui.page_header("Load data", "Bring in a training set, then mine and score candidate negatives.")
+
+counts = table_counts(con)
+cols = st.columns(5)
+for col, (label, key) in zip(
+    cols, [("Queries", "queries"), ("Documents", "documents"), ("Labels", "qrels"), ("Candidates", "candidates"),
+           ("Verdict events", "verdicts")]
+):
+    col.metric(label, f"{counts[key]:,}", border=True)
+
+FORMATS = ["auto", "beir", "flag", "triplets", "ntuple"]
+FORMAT_HELP = (
+    "auto: detected from the folder layout or the first record. beir: folder with corpus.jsonl, queries.jsonl, "
+    "qrels/<split>.tsv. flag: FlagEmbedding JSONL {query, pos, neg}. triplets: {anchor|query, positive, negative}. "
+    "ntuple: {query, positive, negative_1..n | neg}. JSONL, Parquet or CSV."
+)
+
+
+def _show_summary(summary, shown_as: str | None) -> None:
+    st.success(ui.md(f"Ingested {shown_as or summary.path}"))
+    c = st.columns(5)
+    c[0].metric("New queries", f"{summary.queries:,}")
+    c[1].metric("New documents", f"{summary.documents:,}")
+    c[2].metric("New positives", f"{summary.positives:,}")
+    c[3].metric("New candidates", f"{summary.candidates:,}")
+    c[4].metric("Duplicates merged", f"{summary.duplicates:,}")
+    text = "\n".join(summary.lines())
+    st.code(text.replace(summary.path, shown_as) if shown_as else text, language=None)
+
+
+def _ingest(
+    path: Path, fmt: str, split: str | None, name: str | None, skip_bad: bool, shown_as: str | None = None
+) -> None:
+    from auditor.ingest import IngestError, ingest_path
+
+    bar = st.progress(0.0, text="Reading…")
+    try:
+        summary = ingest_path(ui.cursor(), path, fmt=fmt, split=split or None, name=name or None,
+                              skip_bad=skip_bad, progress=ui.progress_callback(bar))
+    except (IngestError, StoreError, ValueError, OSError) as exc:
+        bar.empty()
+        st.error(f"Nothing was stored. {exc}")
+        return
+    bar.empty()
+    ss["load_summary"] = (summary, shown_as)
+    st.rerun()
+
+
+def _options(prefix: str) -> tuple[str, str | None, str | None, bool]:
+    c1, c2, c3 = st.columns(3)
+    fmt = c1.selectbox("Format", FORMATS, key=f"{prefix}_fmt", help=FORMAT_HELP)
+    split = c2.text_input("BEIR split", key=f"{prefix}_split", placeholder="train if present, else the only one")
+    name = c3.text_input("Dataset name", key=f"{prefix}_name", placeholder="file or folder name")
+    skip_bad = st.checkbox("Skip bad lines (store what is valid; report the rest)", key=f"{prefix}_skip",
+                           help="default is all or nothing: one bad line and the store is left as it was")
+    return fmt, split, name, skip_bad
+
+
+st.subheader("1 · Ingest")
+upload_tab, path_tab = st.tabs(["Upload a file", "Path on the server"])
+with upload_tab:
+    up = st.file_uploader("Training file (JSONL, Parquet, CSV) or a zipped BEIR folder",
+                          type=["jsonl", "json", "parquet", "csv", "zip"], key="load_upload")
+    fmt, split, name, skip_bad = _options("up")
+    if st.button("Ingest upload", type="primary", disabled=up is None, key="load_upload_go", icon=":material/upload:"):
+        with tempfile.TemporaryDirectory(prefix="auditor-upload-") as tmp:
+            target = Path(tmp) / Path(up.name).name
+            target.write_bytes(up.getbuffer())
+            if target.suffix == ".zip":
+                with zipfile.ZipFile(target) as zf:
+                    zf.extractall(Path(tmp) / "unzipped")
+                found = sorted((Path(tmp) / "unzipped").rglob("corpus.jsonl"))
+                if not found:
+                    st.error("The zip file holds no corpus.jsonl: zip a BEIR folder "
+                             "(corpus.jsonl, queries.jsonl, qrels/).")
+                    st.stop()
+                target = found[0].parent
+            _ingest(target, fmt, split, name or Path(up.name).stem, skip_bad, shown_as=f"upload {up.name}")
+with path_tab:
+    server_path = st.text_input("File or BEIR folder on the server", key="load_path",
+                                placeholder=str(config.SAMPLE_MSMARCO))
+    fmt, split, name, skip_bad = _options("path")
+    if st.button("Ingest path", type="primary", disabled=not server_path.strip(), key="load_path_go",
+                 icon=":material/input:"):
+        p = Path(server_path.strip()).expanduser()
+        if not p.exists():
+            st.error(f"No file or folder at {p}.")
+        else:
+            _ingest(p, fmt, split, name, skip_bad)
+
+if ss.get("load_summary") is not None:
+    _show_summary(*ss.pop("load_summary"))
+
+st.subheader("2 · Mine and score candidates")
+st.caption(
+    "Embeds every query and document once (cached in the store), searches the corpus for each query, stores the top "
+    "candidates (positives excluded), scores every candidate, given ones included, and assigns the default bands."
+)
+with st.form("mine"):
+    c1, c2 = st.columns([3, 1])
+    model = c1.text_input("Model (sentence-transformers name or local folder)", value=config.DEFAULT_MODEL,
+                          key="mine_model")
+    depth = c2.number_input("Candidates per query", 1, 1000, config.MineConfig.depth, key="mine_depth")
+    go = st.form_submit_button("Mine", type="primary", icon=":material/travel_explore:")
+if go:
+    from auditor.mine import mine
+
+    bar = st.progress(0.0, text="Loading the model…")
+    try:
+        summary = mine(ui.cursor(), model.strip(), int(depth), progress=ui.progress_callback(bar))
+    except (StoreError, ValueError, OSError) as exc:
+        bar.empty()
+        st.error(str(exc))
+    else:
+        ss["mine_msg"] = (
+            f"Mined with {summary.model}: {summary.queries:,} queries searched over {summary.documents:,} documents "
+            f"({summary.embedded_documents:,} documents and {summary.embedded_queries:,} queries embedded in this run; "
+            "the rest came from the cache). Bands assigned with the default configuration."
+        )
+        st.rerun()
+if ss.get("mine_msg"):
+    st.success(ss.pop("mine_msg"))
+    st.page_link("pages/review.py", label="Start reviewing", icon=":material/rule:")
+
+with st.expander("What is in this store"):
+    st.json(store_info(con), expanded=2)

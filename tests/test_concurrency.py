@@ -1,0 +1,83 @@
+"""Several annotators writing at once through the app's one SharedStore: no verdict is lost or overwritten."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import duckdb
+from streamlit.testing.v1 import AppTest
+
+from auditor import review
+from auditor.store import SharedStore
+from conftest import HANDBUILT_RISK_ORDER
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def test_threads_writing_verdicts_through_one_shared_store_lose_nothing(handbuilt_store_path):
+    store = SharedStore(handbuilt_store_path)
+    n_threads, per_thread = 8, 40
+    items = HANDBUILT_RISK_ORDER
+    barrier = threading.Barrier(n_threads)
+    errors: list[BaseException] = []
+    written: list[int] = []
+    lock = threading.Lock()
+
+    def work(t: int) -> None:
+        try:
+            con = store.cursor()  # one cursor per thread, as the app does per script run
+            barrier.wait()
+            ids = []
+            for i in range(per_thread):
+                q, d = items[(t + i) % len(items)]
+                ids.append(review.record_verdict(con, query_id=q, doc_id=d, verdict="true_negative",
+                                                 annotator=f"a{t}", note=f"{t}-{i}", band=None))
+                if i % 10 == 9:  # undo now and then, interleaved with the other threads' writes
+                    undone = review.undo_last(con, annotator=f"a{t}")
+                    assert undone is not None and undone["event_id"] == ids[-1]
+            with lock:
+                written.extend(ids)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    con = store.cursor()
+    assert len(set(written)) == n_threads * per_thread
+    n_verdicts, n_undos, notes = con.execute(
+        "SELECT count(*) FILTER (WHERE verdict <> 'undo'), count(*) FILTER (WHERE verdict = 'undo'), "
+        "count(DISTINCT note) FROM verdicts"
+    ).fetchone()
+    assert n_verdicts == n_threads * per_thread and notes == n_threads * per_thread
+    assert n_undos == n_threads * (per_thread // 10)
+    # every annotator's undos took back exactly that annotator's own events
+    assert con.execute(
+        "SELECT count(*) FROM verdicts u JOIN verdicts v ON u.undoes = v.event_id WHERE u.annotator <> v.annotator"
+    ).fetchone()[0] == 0
+    store.close()
+
+
+def test_two_app_sessions_judging_the_same_item_keep_both_verdicts(monkeypatch, handbuilt_store_path):
+    monkeypatch.setenv("AUDITOR_DB", str(handbuilt_store_path))
+    sessions = {}
+    for name in ("ada", "grace"):
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.session_state["annotator"] = name
+        sessions[name] = at.run()
+        assert at.session_state["current"]["doc_id"] == HANDBUILT_RISK_ORDER[0][1]  # both see the same first item
+    # interleaved: both answer the item they were shown, differently, then each goes on
+    sessions["ada"].button(key="v_fn").click().run()
+    sessions["grace"].button(key="v_tn").click().run()
+    sessions["grace"].button(key="v_un").click().run()
+    sessions["ada"].button(key="v_undo").click().run()
+    con = duckdb.connect(str(handbuilt_store_path))
+    rows = con.execute("SELECT annotator, query_id, doc_id, verdict FROM current_verdicts ORDER BY event_id").fetchall()
+    con.close()
+    first, second = HANDBUILT_RISK_ORDER[0], HANDBUILT_RISK_ORDER[1]
+    # grace's two verdicts stand; ada's verdict was undone by ada, without touching grace's on the same item
+    assert rows == [("grace", *first, "true_negative"), ("grace", *second, "unsure")]
