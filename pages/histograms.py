@@ -82,8 +82,8 @@ controls, results = st.columns([1, 2], gap="large")
 with controls:
     with st.container(border=True):
         st.markdown(f"{ui.band_badge('suspicious')} **rules**")
-        st.caption("Any rule that fires marks the candidate a likely false negative; inversion (s_neg >= s_pos) is "
-                   "always on.")
+        st.caption("Any rule that fires marks the candidate a likely false negative; inversion (s_neg >= s_pos) "
+                   "always applies where the positive is a usable anchor (see the last switch).")
         on = st.toggle("Relative margin (% of the positive)", key="th_rel_on")
         rel = st.slider("s_neg above this share of s_pos", 0.0, 0.5, step=0.005, key="th_rel", disabled=not on,
                         format="%.3f",
