@@ -27,7 +27,8 @@ test: setup browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python bench/ingest.py
+	$(BIN)/pip install -q -c requirements.lock -e '.[bench]'
+	for b in ingest planted mine review_yield export app; do $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) auditor-sample.duckdb auditor-sample.duckdb.wal .pytest_cache
