@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,22 +46,28 @@ def qrels_file(folder: Path, split: str | None = None) -> Path:
     return files[0]
 
 
-def read_qrels(path: Path) -> list[tuple[str, str, int]]:
-    """(query-id, corpus-id, score) rows of a BEIR qrels TSV (header optional), with the line of any bad row."""
-    rows = []
+def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, stripped fields) of a qrels-style TSV, skipping blank lines and an optional header."""
     with open(path, newline="", encoding="utf-8") as fh:
         for lineno, rec in enumerate(csv.reader(fh, delimiter="\t"), start=1):
             if not rec or not "".join(rec).strip():
                 continue
             if lineno == 1 and rec[0].strip().lower() in ("query-id", "query_id", "qid"):
                 continue
-            if len(rec) < 3:
-                raise StoreError(f"{path}:{lineno}: expected query-id, corpus-id, score separated by tabs")
-            try:
-                score = int(float(rec[2]))
-            except ValueError:
-                raise StoreError(f"{path}:{lineno}: field 'score': {rec[2]!r} is not a number") from None
-            rows.append((rec[0].strip(), rec[1].strip(), score))
+            yield lineno, [f.strip() for f in rec]
+
+
+def read_qrels(path: Path) -> list[tuple[str, str, int]]:
+    """(query-id, corpus-id, score) rows of a BEIR qrels TSV (header optional), with the line of any bad row."""
+    rows = []
+    for lineno, rec in _tsv_rows(path):
+        if len(rec) < 3:
+            raise StoreError(f"{path}:{lineno}: expected query-id, corpus-id, score separated by tabs")
+        try:
+            score = int(float(rec[2]))
+        except ValueError:
+            raise StoreError(f"{path}:{lineno}: field 'score': {rec[2]!r} is not a number") from None
+        rows.append((rec[0], rec[1], score))
     return rows
 
 
@@ -122,13 +129,8 @@ def read_answer_key(path: str | Path) -> list[tuple[str, str]]:
     if not path.is_file():
         raise StoreError(f"answer key {path} does not exist")
     pairs = set()
-    with open(path, newline="", encoding="utf-8") as fh:
-        for lineno, rec in enumerate(csv.reader(fh, delimiter="\t"), start=1):
-            if not rec or not "".join(rec).strip():
-                continue
-            if lineno == 1 and rec[0].strip().lower() in ("query-id", "query_id", "qid"):
-                continue
-            if len(rec) < 2 or not rec[0].strip() or not rec[1].strip():
-                raise StoreError(f"{path}:{lineno}: expected query-id and corpus-id separated by a tab")
-            pairs.add((rec[0].strip(), rec[1].strip()))
+    for lineno, rec in _tsv_rows(path):
+        if len(rec) < 2 or not rec[0] or not rec[1]:
+            raise StoreError(f"{path}:{lineno}: expected query-id and corpus-id separated by a tab")
+        pairs.add((rec[0], rec[1]))
     return sorted(pairs)

@@ -177,6 +177,7 @@ def stage_pairs(con: duckdb.DuckDBPyConnection, layout: PairLayout) -> None:
         ) WHERE t IS NOT NULL
         """
     )
+    con.execute("DROP TABLE recs")  # free memory before the heavy grouping: under the memory ceiling a spill is slow
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE s_docs AS
@@ -201,7 +202,7 @@ def stage_pairs(con: duckdb.DuckDBPyConnection, layout: PairLayout) -> None:
         FROM pairs WHERE kind = 'neg' GROUP BY ALL
         """
     )
-    con.execute("DROP TABLE pairs; DROP TABLE recs")
+    con.execute("DROP TABLE pairs")
 
 
 # --------------------------------------------------------------------------------------------------------------
