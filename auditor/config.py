@@ -45,6 +45,7 @@ class MineConfig:
 
     depth: int = 50  #: top-K candidates stored per query (positives excluded)
     batch_size: int = 32  #: texts per encoder batch (sentence-transformers' default; faster than 64 on CPU)
+    embed_chunk: int = 256  #: texts encoded and stored per step (progress ticks, and what an interruption keeps)
     index: str = "flat"  #: "flat" (exact IndexFlatIP) or "ivf" (approximate, for corpora of millions)
     ivf_nlist: int = 0  #: IVF cells; 0 picks about 4*sqrt(n_docs)
     ivf_nprobe: int = 32  #: IVF cells visited per query

@@ -122,7 +122,7 @@ def embed_texts(
     rows: Iterable[tuple[str, str]] | str,
     *,
     batch_size: int = MineConfig.batch_size,
-    chunk_size: int = 2048,
+    chunk_size: int = MineConfig.embed_chunk,
     progress: Progress | None = None,
 ) -> EmbedResult:
     """Make sure every (text_hash, text) in `rows` has a vector for (model, role); encode only the missing ones.

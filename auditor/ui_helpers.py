@@ -44,7 +44,7 @@ def explain_rule(rule: str | None, candidate: dict[str, Any], cfg: BandConfig | 
         return f"scores {_f(s_neg)}, at or above the labeled positive ({_f(s_pos)}): an inversion"
     if rule == "near_duplicate":
         return (
-            f"near-duplicate of a labeled positive (similarity {_f(candidate.get('sim_to_pos'))} >= "
+            f"very close to a labeled positive (similarity {_f(candidate.get('sim_to_pos'))} >= "
             f"{_f(cfg.near_duplicate)})"
         )
     if rule in ("cross_encoder", "second_opinion"):

@@ -218,7 +218,7 @@ with right:
               on_click=_verdict, args=("false_negative",), width="stretch", help="relevant to the query (key F)")
     b2.button("True negative", key="v_tn", shortcut="T", icon=":material/close:", on_click=_verdict,
               args=("true_negative",), width="stretch", help="not relevant (key T)")
-    b3, b4, b5 = st.columns(3)
+    b3, b4, b5 = st.columns([1.3, 1, 1])  # "Unsure" plus its key hint needs the most room
     b3.button("Unsure", key="v_un", shortcut="U", icon=":material/help:", on_click=_verdict, args=("unsure",),
               width="stretch", help="cannot tell (key U)")
     b4.button("Skip", key="v_skip", shortcut="S", icon=":material/skip_next:", on_click=_skip, width="stretch",

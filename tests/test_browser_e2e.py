@@ -179,3 +179,39 @@ def test_review_by_keyboard_undo_and_screenshots(server):
     assert current == [(*items[0], "false_negative"), (*items[1], "true_negative")]
     for name in ("review", "histograms", "load", "export"):
         assert (DOCS / f"{name}.png").stat().st_size > 20_000
+
+
+def test_report_opens_offline_in_the_browser(tmp_path, mined_cranfield_path):
+    """`auditor stats --report` writes one self-contained file: it renders its Plotly figures with no network."""
+    from playwright.sync_api import sync_playwright
+
+    from auditor import review
+    from auditor.store import open_store
+
+    db = copy_store(mined_cranfield_path, tmp_path / "report.duckdb")
+    con = open_store(db)
+    queue = review.build_queue(con, annotator="lead", limit=4)
+    for i, (q, d) in enumerate(zip(queue["query_id"], queue["doc_id"])):
+        review.record_verdict(con, query_id=q, doc_id=d, annotator="lead",
+                              verdict="false_negative" if i % 2 else "true_negative", queue_mode="risk")
+    con.close()
+    report = tmp_path / "report.html"
+    out = subprocess.run([sys.executable, "-m", "auditor", "stats", "--db", str(db), "--report", str(report)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            profile, executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True, offline=True,
+        )
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        requests: list[str] = []
+        page.on("request", lambda req: requests.append(req.url))
+        page.goto(report.as_uri())
+        page.wait_for_selector(".js-plotly-plot")
+        assert page.locator(".js-plotly-plot").count() >= 3
+        assert page.get_by_text("false negative", exact=False).count() > 0
+        browser.close()
+    assert errors == []
+    assert all(u.startswith("file:") or u.startswith("data:") for u in requests), requests
