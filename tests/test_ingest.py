@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -188,10 +190,13 @@ def test_non_utf8_bytes(store, tmp_path):
 
 
 def test_empty_file(store, tmp_path):
+    ingest_path(store, MSMARCO)
+    before = snapshot(store)
     path = tmp_path / "empty.jsonl"
     path.write_text("\n\n")
     with pytest.raises(IngestError, match="empty.jsonl: file is empty"):
         ingest_path(store, path)
+    assert snapshot(store) == before
 
 
 def test_wrong_format_guess_suggests_the_right_one(store, tmp_path, triplet_rows):
@@ -226,16 +231,22 @@ def test_bad_grade_in_qrels(store, tmp_path):
     text = (beir / "qrels" / "test.tsv").read_text().splitlines()
     text[5] = "1\t29\thigh"
     (beir / "qrels" / "test.tsv").write_text("\n".join(text) + "\n")
+    ingest_path(store, MSMARCO)
+    before = snapshot(store)
     with pytest.raises(IngestError, match=r"test.tsv:6: field 'score': expected an integer, got 'high'"):
         ingest_path(store, beir)
+    assert snapshot(store) == before
 
 
 def test_duplicate_id_with_different_text(store, tmp_path):
     beir = _beir_copy(tmp_path)
     with open(beir / "corpus.jsonl", "a") as fh:
         fh.write(json.dumps({"_id": "7", "title": "", "text": "a different text for id 7"}) + "\n")
+    ingest_path(store, MSMARCO)
+    before = snapshot(store)
     with pytest.raises(IngestError, match=r"corpus.jsonl:1401: field '_id': duplicate id '7' with different text \(first seen on line 7\)"):
         ingest_path(store, beir)
+    assert snapshot(store) == before
 
 
 def test_same_id_different_text_than_store(store, tmp_path):
@@ -377,3 +388,34 @@ def test_cli_ingest_and_info(tmp_path):
     out = run("ingest", str(bad), "--db", str(db))
     assert out.returncode == 2 and f"{bad}:1: field 'pos': expected a list" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_tabular_bad_row_is_named_and_skip_bad_keeps_the_rest(store, tmp_path, triplet_rows, suffix):
+    rows = [dict(r) for r in triplet_rows]
+    rows[4]["positive"] = ""  # the fifth data row
+    path = tmp_path / f"bad{suffix}"
+    df = pd.DataFrame(rows)
+    df.to_parquet(path) if suffix == ".parquet" else df.to_csv(path, index=False)
+    where = f"{path}:line 6" if suffix == ".csv" else f"{path}:row 5"
+    ingest_path(store, MSMARCO)
+    before = snapshot(store)
+    with pytest.raises(IngestError, match=re.escape(f"{where}: field 'positive': ")):
+        ingest_path(store, path)
+    assert snapshot(store) == before
+    report = tmp_path / "rejects.jsonl"
+    summary = ingest_path(store, path, skip_bad=True, rejects_path=report)
+    assert summary.skipped == 1
+    assert [json.loads(x)["line"] for x in report.read_text().splitlines()] == [6 if suffix == ".csv" else 5]
+    assert store.execute("SELECT count(*) FROM candidates WHERE source = 'given'").fetchone()[0] == 250
+
+
+def test_skip_bad_default_report_for_a_generic_file_name(store, tmp_path, monkeypatch):
+    folder = tmp_path / "my-set"
+    folder.mkdir()
+    path = folder / "train.jsonl"
+    path.write_text(MSMARCO.read_text().splitlines()[0] + "\n{broken\n")
+    monkeypatch.chdir(tmp_path)
+    summary = ingest_path(store, path, skip_bad=True)
+    assert summary.dataset == "my-set/train" and summary.skipped == 1
+    assert Path(summary.rejects_path) == tmp_path / "my-set_train.rejects.jsonl"

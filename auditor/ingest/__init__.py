@@ -22,7 +22,9 @@ from auditor.ingest.diagnose import scan_jsonl
 from auditor.ingest.errors import IngestError
 from auditor.ingest.formats import FORMATS, Field, detect_format, first_record_keys, layout_for, tabular_columns
 from auditor.ingest.merge import merge
-from auditor.ingest.stage import beir_split_file, first_problem, pair_projection, stage_beir, stage_pairs
+from auditor.ingest.stage import (
+    beir_split_file, first_problem, pair_projection, scan_tabular, stage_beir, stage_pairs,
+)
 from auditor.store import transaction
 
 __all__ = ["IngestError", "IngestSummary", "detect_format", "ingest_path", "FORMATS"]
@@ -112,8 +114,8 @@ def ingest_path(
         raise IngestError(str(path), None, f"unknown format {fmt!r}; choose one of: auto, {', '.join(FORMATS)}")
     dataset = name or _default_name(path)
     summary = IngestSummary(path=str(path), format=fmt, dataset=dataset)
-    if rejects_path is None:
-        rejects_path = Path.cwd() / f"{dataset}.rejects.jsonl"
+    if rejects_path is None:  # dataset names may hold a '/' (msmarco-mined/train): keep the report in one file
+        rejects_path = Path.cwd() / f"{dataset.replace('/', '_')}.rejects.jsonl"
     rejects = _Rejects(Path(rejects_path)) if skip_bad else None
 
     step = _stepper(progress)
@@ -213,8 +215,19 @@ def _load_checked(
     err = first_problem(con, path, keys, specs, pairs, projection, table)
     if err is None:
         return
-    if rejects is None or path.suffix in (".parquet", ".csv"):
+    if rejects is None:
         raise err
+    if path.suffix in (".parquet", ".csv"):
+        try:
+            bad_rows = list(scan_tabular(path, specs))
+        except duckdb.Error:
+            bad_rows = []
+        if not bad_rows:
+            raise err  # unreadable as a whole, not a bad row: nothing valid to keep
+        for where, field, message in bad_rows:
+            rejects.add(path, int(where.rsplit(" ", 1)[1]), field, message, None)
+        con.execute(f"DELETE FROM {table} WHERE _bad")
+        return
     good = tmp / path.name
     with open(good, "wb") as out:
         for lineno, raw, problems in scan_jsonl(path, specs, pairs):

@@ -10,7 +10,7 @@ of the text, so the same text always gets the same id and is stored once.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -104,23 +104,32 @@ def locate(path: Path, specs: list[Field], pairs: list[tuple[str, str]]) -> Inge
     return IngestError(*first, more=more)
 
 
-def _locate_tabular(path: Path, specs: list[Field]) -> IngestError | None:
+def scan_tabular(path: Path, specs: list[Field]) -> Iterator[tuple[str, str, str]]:
+    """(where, field, message) for every bad row of a Parquet or CSV file, in file order."""
     reader = "read_parquet" if path.suffix == ".parquet" else "read_csv"
     extra = "" if reader == "read_parquet" else ", all_varchar = true, header = true"
-    rel = duckdb.sql(f"SELECT * FROM {reader}('{_lit(path)}'{extra})")
-    names = rel.columns
+    cur = duckdb.connect().execute(f"SELECT * FROM {reader}('{_lit(path)}'{extra})")
+    names = [d[0] for d in cur.description]
     row_no = 0
-    while batch := rel.fetchmany(10_000):
+    while batch := cur.fetchmany(10_000):
         for row in batch:
             row_no += 1
             record = {k: _plain(v) for k, v in zip(names, row)}
             for spec in specs:
                 msg = field_problem(spec, record)
                 if msg:
-                    unit = "line" if reader == "read_csv" else "row"
-                    num = row_no + 1 if reader == "read_csv" else row_no
-                    return IngestError(f"{path}:{unit} {num}", spec.name, msg)
-    return None
+                    # CSV: the header is line 1 (a quoted field spanning lines would shift this; rows never do)
+                    where = f"{path}:line {row_no + 1}" if reader == "read_csv" else f"{path}:row {row_no}"
+                    yield where, spec.name, msg
+                    break
+
+
+def _locate_tabular(path: Path, specs: list[Field]) -> IngestError | None:
+    try:
+        bad = list(scan_tabular(path, specs))
+    except duckdb.Error as exc:
+        return IngestError(str(path), None, f"cannot read as {path.suffix[1:]}: {_short(exc)}")
+    return IngestError(*bad[0], more=len(bad) - 1) if bad else None
 
 
 def _plain(v: object) -> object:
