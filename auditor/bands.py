@@ -142,6 +142,21 @@ def save_band_config(con: duckdb.DuckDBPyConnection, name: str, cfg: BandConfig)
     )
 
 
+def reassign_after_scoring(
+    con: duckdb.DuckDBPyConnection, model: str, primary: str = DEFAULT_BAND_CONFIG
+) -> dict[str, int]:
+    """Re-band `primary` and every other configuration that has bands for `model`, after the model's scores changed:
+    bands left from the old scores would name candidates and ranks that no longer exist. Returns `primary`'s counts."""
+    names = {primary} | {r[0] for r in con.execute(
+        "SELECT DISTINCT config FROM bands WHERE model = ?", [model]).fetchall()}
+    counts: dict[str, int] = {}
+    for name in sorted(names):
+        got = assign_bands(con, name, model)
+        if name == primary:
+            counts = got
+    return counts
+
+
 def list_band_configs(con: duckdb.DuckDBPyConnection) -> dict[str, BandConfig]:
     """All named configurations, by name (iterating gives the names)."""
     rows = con.execute("SELECT name, params FROM band_configs ORDER BY name").fetchall()

@@ -301,7 +301,7 @@ def mine(
                 pass
 
     t3 = time.perf_counter()
-    summary.bands = bands_mod.assign_bands(con, band_config, key)
+    summary.bands = bands_mod.reassign_after_scoring(con, key, band_config)
     summary.seconds["bands"] = time.perf_counter() - t3
     summary.seconds["total"] = time.perf_counter() - t0
     return summary
@@ -375,5 +375,5 @@ def cross_encode(
     finally:
         con.unregister("_ce_neg")
         con.unregister("_ce_pos")
-    bands_mod.assign_bands(con, config, model)
+    bands_mod.reassign_after_scoring(con, model, config)
     return len(cand)

@@ -19,10 +19,11 @@ Queue orders
     ``j / N_b``; the item at position ``j`` stores ``sampling_prob = j / N_b``. The per-band false-negative rate of the
     reviewed sample (``sum(y) / n_b``) is then unbiased for the band, and the Horvitz-Thompson total
     ``sum over reviewed items of y_i / pi_i`` with ``pi_i = n_b / N_b`` equals ``sum_b N_b * rate_b``
-    (see :mod:`auditor.stats`). Filters (band, source, query) make ``N_b`` the size of the filtered band.
+    (see :mod:`auditor.stats`). Filters (band, source, query) make ``N_b`` the size of the filtered band; a walk
+    filtered by source or query is recorded as ``stratified_filtered`` and is not used as a sample of the band.
 
 Exclusion: an item leaves an annotator's queue once that annotator has a current verdict on it, and leaves every queue
-once it has enough annotators: 1, or 2 for the deterministic share ``ReviewConfig.double_annotation`` of items routed
+once it has enough annotators (in stratified mode, counting only verdicts given in a stratified walk): 1, or 2 for the deterministic share ``ReviewConfig.double_annotation`` of items routed
 to double annotation (by an md5 hash of the ids, so every process agrees) for Cohen's kappa.
 """
 
@@ -42,6 +43,8 @@ from auditor.store import StoreError, transaction
 
 VERDICTS = ("false_negative", "true_negative", "unsure")
 MODES = ("risk", "stratified")
+#: What a verdict may record as its queue: a stratified walk narrowed by source or query is not a band sample.
+RECORDED_MODES = (*MODES, "stratified_filtered")
 BANDS = ("suspicious", "ambiguous", "too_easy")
 
 #: SQL for a band's place in the risk order (0 = reviewed first).
@@ -225,10 +228,17 @@ def _items_table(con: duckdb.DuckDBPyConnection, config: str, model: str, seed: 
 
 
 def _done_items(
-    con: duckdb.DuckDBPyConnection, annotator: str | None, double_annotation: float, skip: Iterable[tuple[str, str]]
+    con: duckdb.DuckDBPyConnection, annotator: str | None, double_annotation: float, skip: Iterable[tuple[str, str]],
+    mode: str = "risk",
 ) -> pd.DataFrame:
-    """(query_id, doc_id) of items that leave this queue: judged by this annotator, or by enough annotators."""
+    """(query_id, doc_id) of items that leave this queue: judged by this annotator, or by enough annotators.
+
+    In stratified mode only verdicts given in a stratified queue count: an item judged earlier in risk order stays in
+    the random walk (and is shown again), or the random sample would silently lack the riskiest items and every
+    band's false-negative rate would come out too low.
+    """
     params: list[Any] = []
+    scope = "WHERE v.queue_mode LIKE 'stratified%'" if mode == "stratified" else ""
     mine = "false"
     if annotator is not None:
         mine = "bool_or(v.annotator = ?)"
@@ -239,7 +249,7 @@ def _done_items(
         params.append(double_annotation)
     done = con.execute(
         f"""
-        SELECT v.query_id, v.doc_id FROM current_verdicts v GROUP BY v.query_id, v.doc_id
+        SELECT v.query_id, v.doc_id FROM current_verdicts v {scope} GROUP BY v.query_id, v.doc_id
         HAVING {mine} OR count(DISTINCT v.annotator) >= {need}
         """,
         params,
@@ -341,7 +351,7 @@ def _run_queue(
     skip: Iterable[tuple[str, str]],
     **kw: Any,
 ) -> pd.DataFrame:
-    done = _done_items(con, annotator, double_annotation, skip)
+    done = _done_items(con, annotator, double_annotation, skip, kw.get("mode", "risk"))
     mem = _mem_cursor()
     for attempt in (1, 2):
         items = _items_table(con, config, model, seed)
@@ -419,7 +429,9 @@ def next_item(
     if item["rank"] is not None:
         item["rank"] = int(item["rank"])
     item["sources"] = list(item.get("sources") or [])
-    item["mode"] = mode
+    # A stratified walk narrowed to one source or query samples that subset, not the band: its verdicts must not be
+    # extrapolated to the whole band (auditor.stats counts only queue_mode 'stratified' as a band sample).
+    item["mode"] = "stratified_filtered" if mode == "stratified" and (source or query_id) else mode
     item["model"] = model
     item["config"] = config
     return item
@@ -451,8 +463,8 @@ def record_verdict(
 ) -> int:
     """Append one verdict event and return its event_id. Nothing is ever updated: a changed mind is a new event."""
     _validate_verdict(verdict, annotator)
-    if queue_mode is not None and queue_mode not in MODES:
-        raise ValueError(f"queue_mode must be one of {', '.join(MODES)} or None, got {queue_mode!r}")
+    if queue_mode is not None and queue_mode not in RECORDED_MODES:
+        raise ValueError(f"queue_mode must be one of {', '.join(RECORDED_MODES)} or None, got {queue_mode!r}")
     if sampling_prob is not None and not 0.0 < float(sampling_prob) <= 1.0:
         raise ValueError(f"sampling_prob must be in (0, 1], got {sampling_prob}")
     row = con.execute(

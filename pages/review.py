@@ -94,7 +94,7 @@ def _verdict(verdict: str) -> None:
         note=(ss.get("note") or "").strip() or None,
         band=item["band"],
         queue_mode=item["mode"],
-        sampling_prob=item.get("sampling_prob") if item["mode"] == "stratified" else None,
+        sampling_prob=item.get("sampling_prob") if item["mode"].startswith("stratified") else None,
     )
     ss["flash"] = f"{VERDICT_LABELS[verdict]} saved for {item['query_id']} / {item['doc_id']}"
     ss["note"] = ""

@@ -231,3 +231,21 @@ def test_cli_mine_rerun_and_clear_errors(tmp_path, mined_cranfield_path, capsys)
     assert "no store at" in capsys.readouterr().err
     assert main(["mine", "--db", str(db), "--model", str(tmp_path / "no-model")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_remining_rebands_every_named_configuration(mined):
+    """Bands of another configuration must follow the new scores, not keep rows of candidates that are gone."""
+    from auditor.bands import assign_bands, save_band_config
+    from auditor.config import BandConfig
+    from auditor.mine import mine
+
+    save_band_config(mined, "strict", BandConfig(relative_margin=0.1))
+    assign_bands(mined, "strict", DEFAULT_MODEL)
+    mine(mined, depth=20)  # the same source: its candidates are replaced by fewer
+    stale = q(mined, """
+        SELECT count(*) FROM bands b ANTI JOIN scores s
+          ON s.model = b.model AND s.query_id = b.query_id AND s.doc_id = b.doc_id
+        WHERE b.config = 'strict'""")[0][0]
+    assert stale == 0
+    per_config = dict(q(mined, "SELECT config, count(*) FROM bands GROUP BY config"))
+    assert per_config["strict"] == per_config["default"] == q(mined, "SELECT count(*) FROM scores")[0][0]

@@ -226,3 +226,30 @@ def test_two_stores_do_not_share_cache(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_stratified_walk_keeps_items_judged_in_risk_order(handbuilt_store):
+    """Risk-first review must not hollow out the random sample: the riskiest items stay in the stratified walk."""
+    first_risk = HANDBUILT_RISK_ORDER[0]
+    review.record_verdict(handbuilt_store, query_id=first_risk[0], doc_id=first_risk[1], verdict="false_negative",
+                          annotator="ann", queue_mode="risk")
+    risk = _keys(review.build_queue(handbuilt_store, annotator="ann"))
+    strat = _keys(review.build_queue(handbuilt_store, mode="stratified", annotator="ann"))
+    assert first_risk not in risk
+    assert first_risk in strat and len(strat) == len(HANDBUILT_CANDIDATES)
+    # Once judged in a stratified walk it leaves that walk too.
+    review.record_verdict(handbuilt_store, query_id=first_risk[0], doc_id=first_risk[1], verdict="false_negative",
+                          annotator="ann", queue_mode="stratified", sampling_prob=0.25)
+    assert first_risk not in _keys(review.build_queue(handbuilt_store, mode="stratified", annotator="ann"))
+
+
+def test_filtered_stratified_walk_is_not_a_band_sample(handbuilt_store):
+    item = review.next_item(handbuilt_store, annotator="ann", mode="stratified", query_id="q1")
+    assert item["query_id"] == "q1" and item["mode"] == "stratified_filtered"
+    unfiltered = review.next_item(handbuilt_store, annotator="ann", mode="stratified")
+    assert unfiltered["mode"] == "stratified"
+    event = review.record_verdict(handbuilt_store, query_id=item["query_id"], doc_id=item["doc_id"],
+                                  verdict="true_negative", annotator="ann", queue_mode=item["mode"],
+                                  sampling_prob=item["sampling_prob"])
+    assert handbuilt_store.execute("SELECT queue_mode FROM verdicts WHERE event_id = ?", [event]).fetchall() == [
+        ("stratified_filtered",)]
