@@ -123,7 +123,9 @@ class ReviewConfig:
     """Defaults of the review queue."""
 
     mode: str = "risk"  #: risk (highest false-negative risk first) | stratified (random per band)
-    double_annotation: float = 0.0  #: share of items routed to a second annotator for agreement
+    #: share of items routed to a second annotator, for agreement (Cohen's kappa); AUDITOR_DOUBLE_ANNOTATION sets it
+    #: for a whole app (`auditor app --double-annotation 0.1`)
+    double_annotation: float = float(os.environ.get("AUDITOR_DOUBLE_ANNOTATION", "0") or 0)
     seed: int = 42
     snippet_chars: int = 200  #: characters of the query's other candidates shown beside the item
 

@@ -92,7 +92,7 @@ def _check_bands_exist(con: duckdb.DuckDBPyConnection, config: str, model: str) 
     if con.execute("SELECT 1 FROM bands WHERE config = ? AND model = ? LIMIT 1", [config, model]).fetchall() == []:
         raise StoreError(
             f"no bands for band configuration {config!r} and model {model!r}: run `auditor mine` (or `auditor band "
-            f"--band-config {config}`) first"
+            f"--config {config}`) first"
         )
 
 

@@ -7,8 +7,10 @@ keys are ignored (an LLM judge's ``reason`` does no harm). The whole file is che
 its annotator's verdict in force is skipped, so importing the same file twice adds nothing. Ids must exist in the
 store, as the source's ids (the same ids ``auditor queue --json`` prints).
 
-Export writes every verdict event (undos included, with ``undoes``), or with ``current_only`` each annotator's
-current verdict per item, in exactly the import layout so a file can move between stores.
+Export writes either the whole event log (an audit trail: undos included, with ``undoes``; import does not take it
+back, since an undo names an event id of the other store), or with ``current_only`` each annotator's verdict in
+force, in the import layout: that is the file to move verdicts between stores. The queue mode and sampling
+probability stay behind, so moved verdicts count as not randomly sampled in the other store's statistics.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--db", help="store file (default: the sample store, built on first start)")
+    p.add_argument("--double-annotation", type=float, metavar="SHARE",
+                   help="share of review items routed to a second annotator for agreement (default 0)")
     p.add_argument(
         "streamlit_args", nargs=argparse.REMAINDER, metavar="-- STREAMLIT_OPTIONS",
         help="options passed to `streamlit run` unchanged",
@@ -54,6 +56,8 @@ def run_app(args: argparse.Namespace) -> int:
     from auditor.cli import UserError
 
     script = app_script()
+    if args.double_annotation is not None and not 0 <= args.double_annotation <= 1:
+        raise UserError("--double-annotation is a share between 0 and 1")
     if args.db:
         db = Path(args.db).expanduser().resolve()
         if not db.exists():
@@ -64,6 +68,8 @@ def run_app(args: argparse.Namespace) -> int:
         if not db.exists():
             _build_sample(db)
     env = dict(os.environ, AUDITOR_DB=str(db))
+    if args.double_annotation is not None:
+        env["AUDITOR_DOUBLE_ANNOTATION"] = str(args.double_annotation)
     cmd = streamlit_command(script, list(args.streamlit_args or []))
     print(f"auditor app on {db}", file=sys.stderr)
     try:

@@ -78,7 +78,8 @@ def run_info(args: argparse.Namespace) -> int:
     if info["candidates_by_source"]:
         print("candidates by source:")
         for row in info["candidates_by_source"]:
-            scored = f", teacher scores on {row['with_score']:,}" if row["with_score"] else ""
+            what = "teacher scores" if row["source"] == "given" else "source scores"
+            scored = f", {what} on {row['with_score']:,}" if row["with_score"] else ""
             print(f"  {row['source']:<22}{row['candidates']:>12,}  ({row['queries']:,} queries{scored})")
     if info["models"]:
         print("scored with models: " + ", ".join(info["models"]))

@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--band-config", default="default", help="band configuration (default: default)")
     p.add_argument("--model", help="scorer whose bands to use (default: the latest scored)")
     p.add_argument("--seed", type=int, default=42, help="seed of the stratified order (default 42)")
+    p.add_argument("--double-annotation", type=float, metavar="SHARE",
+                   help="share of items that need a second annotator (default: ReviewConfig, 0)")
     p.add_argument("--texts", action="store_true", help="with --json, add the query and candidate texts")
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p.set_defaults(func=run_queue)
@@ -59,8 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp = vsub.add_parser(
         "export",
         help="write verdict events to a JSONL file",
-        description="Write every verdict event (undos included) as JSONL, or with --current only the verdicts in "
-                    "force, in the import layout. Written atomically.",
+        description="Write every verdict event (undos included) as JSONL, an audit trail; or with --current only "
+                    "the verdicts in force, in the layout `auditor verdicts import` reads (use that to move verdicts "
+                    "to another store). Written atomically.",
     )
     exp.add_argument("--db", required=True, help="store file")
     exp.add_argument("--out", required=True, help="output file (JSONL)")
@@ -80,6 +83,7 @@ def run_queue(args: argparse.Namespace) -> int:
         df = build_queue(
             con, mode=args.mode, model=args.model, config=args.band_config, bands=args.band, source=args.source,
             query_id=args.query_id, annotator=args.annotator, limit=args.limit or None, seed=args.seed,
+            double_annotation=args.double_annotation,
         )
         items = _records(df)
         if args.texts:
