@@ -79,15 +79,9 @@ def run_app(args: argparse.Namespace) -> int:
 
 
 def _build_sample(db: Path) -> None:
-    from tqdm import tqdm
-
+    from auditor.commands.progress import progress_bar
     from auditor.sample import build_sample_store
 
     print(f"first start: building the sample store {db} (Cranfield, default model)", file=sys.stderr)
-    with tqdm(total=1000, desc="sample store", unit="", bar_format="{l_bar}{bar}| {elapsed}") as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.n = done
-            bar.refresh()
-
+    with progress_bar("sample store", unit="", bar_format="{l_bar}{bar}| {elapsed}") as progress:
         build_sample_store(db, progress=progress)

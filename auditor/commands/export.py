@@ -83,9 +83,8 @@ def _write_json(obj: dict, path: str) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from auditor.cli import UserError
+    from auditor.commands.progress import progress_bar
     from auditor.export import export
     from auditor.store import open_store
 
@@ -93,12 +92,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise UserError("--negatives must be at least 1")
     con = open_store(args.db)
     try:
-        with tqdm(total=4, desc="export", unit="step", disable=args.json) as bar:
-
-            def progress(done: int, total: int) -> None:
-                bar.n = done
-                bar.refresh()
-
+        with progress_bar("export", disable=args.json, unit="step") as progress:
             try:
                 summary = export(
                     con, args.out, fmt=args.format, negatives=args.negatives, strategy=args.strategy,

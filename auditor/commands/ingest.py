@@ -37,19 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from auditor.commands.progress import progress_bar
     from auditor.ingest import ingest_path
     from auditor.store import open_store
 
     con = open_store(args.db)
     try:
-        with tqdm(total=4, desc="ingest", unit="step", disable=args.json) as bar:
-
-            def progress(done: int, total: int) -> None:
-                bar.n = done
-                bar.refresh()
-
+        with progress_bar("ingest", disable=args.json, unit="step") as progress:
             summary = ingest_path(con, args.path, fmt=args.format, split=args.split, name=args.name,
                                   skip_bad=args.skip_bad, rejects_path=args.rejects, progress=progress)
     finally:
