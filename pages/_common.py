@@ -181,3 +181,10 @@ def progress_callback(bar) -> Callable[[int, int], None]:
 def page_header(title: str, caption: str) -> None:
     st.title(title)
     st.caption(caption)
+
+
+def stop_until_loaded(message: str) -> None:
+    """Say what is missing, point to the Load page, and end this page's run."""
+    st.info(message)
+    st.page_link("pages/load.py", label="Go to Load data", icon=":material/upload_file:")
+    st.stop()

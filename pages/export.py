@@ -26,9 +26,7 @@ con = ui.cursor()
 ui.page_header("Export", "Cleaned training data in the layout your trainer reads, and the statistics of the audit.")
 pairs = banded_pairs(con)
 if not pairs:
-    st.info("Nothing to export yet: load a training set and mine candidates on the **Load data** page.")
-    st.page_link("pages/load.py", label="Go to Load data", icon=":material/upload_file:")
-    st.stop()
+    ui.stop_until_loaded("Nothing to export yet: load a training set and mine candidates on the **Load data** page.")
 
 FORMAT_HELP = {
     "triplet": 'sentence-transformers {"anchor", "positive", "negative"}: one line per (positive, negative) pair',

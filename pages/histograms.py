@@ -50,9 +50,7 @@ def _by_source(db: str, config: str, model: str, version: tuple) -> dict:
 ui.page_header("Histograms & bands", "How negatives score against their positive, and what each threshold would do.")
 models = scored_models(con)
 if not models:
-    st.info("No scores yet: load a training set and mine candidates on the **Load data** page.")
-    st.page_link("pages/load.py", label="Go to Load data", icon=":material/upload_file:")
-    st.stop()
+    ui.stop_until_loaded("No scores yet: load a training set and mine candidates on the **Load data** page.")
 
 configs = bands.list_band_configs(con)
 config_names = sorted(set(configs) | {DEFAULT_BAND_CONFIG}, key=lambda n: (n != DEFAULT_BAND_CONFIG, n))

@@ -25,12 +25,10 @@ con = ui.cursor()
 pairs = banded_pairs(con)
 if not pairs:
     ui.page_header("Review", "Suspected false negatives, one at a time.")
-    st.info(
+    ui.stop_until_loaded(
         "Nothing to review yet: this store has no banded candidates. Load a training set and mine candidates on the "
         "**Load data** page (or run `auditor mine --db FILE`)."
     )
-    st.page_link("pages/load.py", label="Go to Load data", icon=":material/upload_file:")
-    st.stop()
 
 # ---- sidebar: who, queue mode, filters --------------------------------------------------------------------------
 with st.sidebar:

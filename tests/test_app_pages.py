@@ -197,6 +197,9 @@ def test_review_on_a_store_without_bands_points_to_load(monkeypatch, tmp_path, c
     db = copy_store(cranfield_store_path, tmp_path / "unmined.duckdb")
     at = _app(monkeypatch, db)
     assert "Nothing to review yet" in at.info[0].value
+    for page, words in (("pages/histograms.py", "No scores yet"), ("pages/export.py", "Nothing to export yet")):
+        at.switch_page(page).run()
+        assert not at.exception and words in at.info[0].value
 
 
 # ---- histograms --------------------------------------------------------------------------------------------------
