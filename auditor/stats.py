@@ -362,7 +362,7 @@ def _verdicts(con: duckdb.DuckDBPyConnection, config: str, model: str) -> dict[s
         """,
     )
     # One row per reviewed item of the current bands: label, whether it came from the random queue, rank, sources.
-    items = f"""
+    items = """
         WITH iv AS (
             SELECT query_id, doc_id,
                    bool_or(verdict = 'false_negative') AS any_fn,

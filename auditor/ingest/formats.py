@@ -124,12 +124,19 @@ def first_record_keys(path: Path) -> tuple[set[str], int]:
     raise IngestError(str(path), None, "file is empty: no records")
 
 
+def tabular_source(path: Path) -> str:
+    """The DuckDB table function that reads a Parquet or CSV file (CSV cells as text: types are checked, not guessed)."""
+    lit = str(path).replace("'", "''")
+    if path.suffix == ".parquet":
+        return f"read_parquet('{lit}')"
+    return f"read_csv('{lit}', all_varchar = true, header = true)"
+
+
 def tabular_columns(path: Path) -> set[str]:
     import duckdb
 
-    reader = "read_parquet" if path.suffix == ".parquet" else "read_csv"
     try:
-        rel = duckdb.sql(f"SELECT * FROM {reader}(?) LIMIT 0", params=[str(path)])
+        rel = duckdb.sql(f"SELECT * FROM {tabular_source(path)} LIMIT 0")
     except duckdb.Error as exc:
         raise IngestError(str(path), None, f"cannot read as {path.suffix[1:]}: {exc}") from None
     return set(rel.columns)

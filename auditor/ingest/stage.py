@@ -16,9 +16,11 @@ from pathlib import Path
 import duckdb
 
 from auditor.ingest.checks import _q, record_is_bad
-from auditor.ingest.diagnose import field_problem, scan_jsonl
+from auditor.ingest.diagnose import field_problem, find_id_lines, scan_jsonl
 from auditor.ingest.errors import IngestError
-from auditor.ingest.formats import BEIR_CORPUS_FIELDS, BEIR_QUERY_FIELDS, Field, PairLayout
+from auditor.ingest.formats import (
+    BEIR_CORPUS_FIELDS, BEIR_QUERY_FIELDS, Field, PairLayout, tabular_columns, tabular_source,
+)
 
 #: Largest single JSON record DuckDB will read (bytes); long documents are fine up to this.
 MAX_RECORD_BYTES = 64 * 1024 * 1024
@@ -33,14 +35,10 @@ def read_raw(
 
     One pass: DuckDB parses, checks every field and extracts what staging needs without materialising the raw JSON.
     """
-    if path.suffix == ".parquet":
-        present = _columns(con, path)
+    if path.suffix in (".parquet", ".csv"):
+        present = tabular_columns(path)
         cols = ", ".join(f"to_json({_q(k)}) AS {_q(k)}" if k in present else f"NULL::JSON AS {_q(k)}" for k in keys)
-        src = f"read_parquet('{_lit(path)}')"
-    elif path.suffix == ".csv":
-        present = _columns(con, path)
-        cols = ", ".join(f"to_json({_q(k)}) AS {_q(k)}" if k in present else f"NULL::JSON AS {_q(k)}" for k in keys)
-        src = f"read_csv('{_lit(path)}', all_varchar = true, header = true)"
+        src = tabular_source(path)
     else:
         spec = ", ".join(f"{_lit_str(k)}: 'JSON'" for k in keys)
         cols = "*"
@@ -52,11 +50,6 @@ def read_raw(
         f"CREATE OR REPLACE TEMP TABLE {table} AS "
         f"SELECT {projection}, {record_is_bad(specs, pairs)} AS _bad FROM (SELECT {cols} FROM {src})"
     )
-
-
-def _columns(con: duckdb.DuckDBPyConnection, path: Path) -> set[str]:
-    reader = "read_parquet" if path.suffix == ".parquet" else "read_csv"
-    return {d[0] for d in con.execute(f"SELECT * FROM {reader}('{_lit(path)}') LIMIT 0").description}
 
 
 def _lit(path: Path) -> str:
@@ -106,9 +99,8 @@ def locate(path: Path, specs: list[Field], pairs: list[tuple[str, str]]) -> Inge
 
 def scan_tabular(path: Path, specs: list[Field]) -> Iterator[tuple[str, str, str]]:
     """(where, field, message) for every bad row of a Parquet or CSV file, in file order."""
-    reader = "read_parquet" if path.suffix == ".parquet" else "read_csv"
-    extra = "" if reader == "read_parquet" else ", all_varchar = true, header = true"
-    cur = duckdb.connect().execute(f"SELECT * FROM {reader}('{_lit(path)}'{extra})")
+    is_csv = path.suffix == ".csv"
+    cur = duckdb.connect().execute(f"SELECT * FROM {tabular_source(path)}")
     names = [d[0] for d in cur.description]
     row_no = 0
     while batch := cur.fetchmany(10_000):
@@ -119,7 +111,7 @@ def scan_tabular(path: Path, specs: list[Field]) -> Iterator[tuple[str, str, str
                 msg = field_problem(spec, record)
                 if msg:
                     # CSV: the header is line 1 (a quoted field spanning lines would shift this; rows never do)
-                    where = f"{path}:line {row_no + 1}" if reader == "read_csv" else f"{path}:row {row_no}"
+                    where = f"{path}:line {row_no + 1}" if is_csv else f"{path}:row {row_no}"
                     yield where, spec.name, msg
                     break
 
@@ -167,7 +159,7 @@ def stage_pairs(con: duckdb.DuckDBPyConnection, layout: PairLayout) -> None:
     """From the checked `recs` table (see pair_projection), fill the staging tables."""
     ranked = layout.negatives_is_list or len(layout.negatives) > 1
     con.execute(
-        f"""
+        """
         CREATE OR REPLACE TEMP TABLE s_queries AS
         SELECT substr(q_hash, 1, 16) AS query_id, any_value(query) AS text, q_hash AS text_hash,
                any_value(prompt) AS prompt, count(*) AS occurrences
@@ -188,7 +180,7 @@ def stage_pairs(con: duckdb.DuckDBPyConnection, layout: PairLayout) -> None:
     )
     con.execute("DROP TABLE recs")  # free memory before the heavy grouping: under the memory ceiling a spill is slow
     con.execute(
-        f"""
+        """
         CREATE OR REPLACE TEMP TABLE s_docs AS
         SELECT substr(d_hash, 1, 16) AS doc_id, NULL::VARCHAR AS title, any_value(text) AS text,
                d_hash AS text_hash, count(*) AS occurrences
@@ -286,8 +278,6 @@ def stage_beir(
 
 
 def _check_unique_ids(con: duckdb.DuckDBPyConnection, table: str, path: Path, text_sql: str) -> None:
-    from auditor.ingest.diagnose import find_id_lines
-
     dup = con.execute(
         f"SELECT json_extract_string(_id, '$') FROM {table} GROUP BY 1 HAVING count(DISTINCT {text_sql}) > 1 LIMIT 1"
     ).fetchone()
