@@ -146,15 +146,53 @@ def reassign_after_scoring(
     con: duckdb.DuckDBPyConnection, model: str, primary: str = DEFAULT_BAND_CONFIG
 ) -> dict[str, int]:
     """Re-band `primary` and every other configuration that has bands for `model`, after the model's scores changed:
-    bands left from the old scores would name candidates and ranks that no longer exist. Returns `primary`'s counts."""
+    bands left from the old scores would name candidates and ranks that no longer exist. Returns `primary`'s counts.
+
+    Runs inside the caller's transaction (scores and bands change together or not at all: an export never sees
+    scored candidates without bands).
+    """
     names = {primary} | {r[0] for r in con.execute(
         "SELECT DISTINCT config FROM bands WHERE model = ?", [model]).fetchall()}
     counts: dict[str, int] = {}
     for name in sorted(names):
-        got = assign_bands(con, name, model)
+        cfg = load_band_config(con, name)
+        save_band_config(con, name, cfg)
+        _write_bands(con, name, model, cfg)
         if name == primary:
-            counts = got
+            counts = _stored_counts(con, name, model)
     return counts
+
+
+def stale_bands(con: duckdb.DuckDBPyConnection, config: str, model: str) -> int:
+    """How many scored candidates of `model` have no band under `config`, plus band rows whose candidate is no
+    longer scored. Zero for a store written by one `auditor mine` (scores and bands commit together); non-zero for a
+    store left by an older version killed between the two, or by a tool writing scores directly."""
+    return con.execute(
+        """
+        SELECT (SELECT count(*) FROM scores s WHERE s.model = $m AND NOT EXISTS (
+                    SELECT 1 FROM bands b WHERE b.config = $c AND b.model = $m
+                    AND b.query_id = s.query_id AND b.doc_id = s.doc_id))
+             + (SELECT count(*) FROM bands b WHERE b.config = $c AND b.model = $m AND NOT EXISTS (
+                    SELECT 1 FROM scores s WHERE s.model = $m AND s.query_id = b.query_id AND s.doc_id = b.doc_id))
+        """,
+        {"c": config, "m": model},
+    ).fetchall()[0][0]
+
+
+def require_fresh_bands(con: duckdb.DuckDBPyConnection, config: str, model: str) -> None:
+    """Refuse to export or sample from bands that do not match the scores (a silent omission otherwise)."""
+    if not _first(con.execute("SELECT 1 FROM bands WHERE config = ? AND model = ? LIMIT 1", [config, model])):
+        raise StoreError(
+            f"no bands for band configuration {config!r} and model {model!r}: run `auditor mine` (or "
+            f"`auditor band --config {config}`) first"
+        )
+    n = stale_bands(con, config, model)
+    if n:
+        raise StoreError(
+            f"the bands of configuration {config!r} do not match the scores of model {model!r} ({n:,} candidates "
+            f"differ; a mining run was interrupted, or scores changed since): run `auditor band --db FILE --config "
+            f"{config}` to re-band, then try again"
+        )
 
 
 def list_band_configs(con: duckdb.DuckDBPyConnection) -> dict[str, BandConfig]:
@@ -226,12 +264,21 @@ def assign_bands(
     validate(cfg)
     with transaction(con):
         save_band_config(con, config_name, cfg)
-        con.execute("DELETE FROM bands WHERE config = ? AND model = ?", [config_name, model])
-        con.execute(
-            f"INSERT INTO bands (config, model, query_id, doc_id, band, rule, weight) "
-            f"SELECT $config, model, query_id, doc_id, band, rule, weight FROM ({banded_sql(cfg)})",
-            {"config": config_name, "model": model},
-        )
+        _write_bands(con, config_name, model, cfg)
+    return _stored_counts(con, config_name, model)
+
+
+def _write_bands(con: duckdb.DuckDBPyConnection, config_name: str, model: str, cfg: BandConfig) -> None:
+    """Replace the bands of (config, model); the caller holds the transaction."""
+    con.execute("DELETE FROM bands WHERE config = ? AND model = ?", [config_name, model])
+    con.execute(
+        f"INSERT INTO bands (config, model, query_id, doc_id, band, rule, weight) "
+        f"SELECT $config, model, query_id, doc_id, band, rule, weight FROM ({banded_sql(cfg)})",
+        {"config": config_name, "model": model},
+    )
+
+
+def _stored_counts(con: duckdb.DuckDBPyConnection, config_name: str, model: str) -> dict[str, int]:
     counts = dict.fromkeys(BANDS, 0)
     counts.update(
         dict(

@@ -197,7 +197,7 @@ def export(
     See the module docstring for the formats. ``short_ids_path``, when given, receives the ids of queries that got
     fewer than ``negatives`` negatives, one per line.
     """
-    from auditor.bands import resolve_model
+    from auditor.bands import require_fresh_bands, resolve_model
     from auditor.select import selection_sql
 
     if fmt not in FORMATS:
@@ -207,8 +207,7 @@ def export(
     if progress:
         progress(0, steps)
     model = resolve_model(con, model)
-    if con.execute("SELECT 1 FROM bands WHERE config = ? AND model = ? LIMIT 1", [config, model]).fetchall() == []:
-        raise StoreError(f"no bands for band configuration {config!r} and model {model!r}: run `auditor mine` first")
+    require_fresh_bands(con, config, model)
     sel_kw: dict[str, Any] = {}
     if random_window is not None:
         sel_kw["random_window"] = random_window

@@ -289,9 +289,12 @@ def mine(
                 {"m": key},
             )
             bands_mod.mark_latest_model(con, key)
+            t3 = time.perf_counter()
+            summary.bands = bands_mod.reassign_after_scoring(con, key, band_config)
+            summary.seconds["bands"] = time.perf_counter() - t3
         summary.mined_candidates = len(hits)
         summary.scored_candidates = n_cand
-        summary.seconds["score"] = time.perf_counter() - t2
+        summary.seconds["score"] = t3 - t2
     finally:
         con.execute("DROP TABLE IF EXISTS _cand")
         for name in ("_qidx", "_didx", "_hits", "_pos", "_cand_scores", "_pos_scores"):
@@ -300,9 +303,6 @@ def mine(
             except Exception:  # noqa: BLE001 - not registered when an earlier step failed
                 pass
 
-    t3 = time.perf_counter()
-    summary.bands = bands_mod.reassign_after_scoring(con, key, band_config)
-    summary.seconds["bands"] = time.perf_counter() - t3
     summary.seconds["total"] = time.perf_counter() - t0
     return summary
 
@@ -372,8 +372,8 @@ def cross_encode(
                    WHERE scores.model = $m AND scores.query_id = n.query_id AND scores.doc_id = n.doc_id""",
                 {"m": model},
             )
+            bands_mod.reassign_after_scoring(con, model, config)
     finally:
         con.unregister("_ce_neg")
         con.unregister("_ce_pos")
-    bands_mod.reassign_after_scoring(con, model, config)
     return len(cand)

@@ -545,29 +545,36 @@ def record_verdicts(
     return len(records)
 
 
+#: Undo reads "the latest verdict not yet undone" and then appends; two undos interleaved between those steps would
+#: both take back the same verdict. One process writes a store (DuckDB's rule), so a process-wide lock serialises them.
+_UNDO_LOCK = threading.Lock()
+
+
 def undo_last(con: duckdb.DuckDBPyConnection, *, annotator: str) -> dict[str, Any] | None:
     """Take back ``annotator``'s latest verdict that is not already undone, by appending an 'undo' event.
 
     Returns {query_id, doc_id, verdict, event_id} of the verdict taken back (event_id is that verdict's id), or None
-    when there is nothing to undo. Repeated calls walk back through the annotator's history.
+    when there is nothing to undo. Repeated calls walk back through the annotator's history; concurrent calls take
+    back distinct verdicts.
     """
-    row = con.execute(
-        """
-        SELECT event_id, query_id, doc_id, verdict, band FROM verdicts
-        WHERE annotator = ? AND verdict <> 'undo'
-          AND event_id NOT IN (SELECT undoes FROM verdicts WHERE undoes IS NOT NULL)
-        ORDER BY event_id DESC LIMIT 1
-        """,
-        [annotator],
-    ).fetchall()
-    if not row:
-        return None
-    event_id, query_id, doc_id, verdict, band = row[0]
-    con.execute(
-        "INSERT INTO verdicts (query_id, doc_id, verdict, annotator, origin, band, undoes) "
-        "VALUES (?, ?, 'undo', ?, 'app', ?, ?)",
-        [query_id, doc_id, annotator, band, event_id],
-    )
+    with _UNDO_LOCK:
+        row = con.execute(
+            """
+            SELECT event_id, query_id, doc_id, verdict, band FROM verdicts
+            WHERE annotator = ? AND verdict <> 'undo'
+              AND event_id NOT IN (SELECT undoes FROM verdicts WHERE undoes IS NOT NULL)
+            ORDER BY event_id DESC LIMIT 1
+            """,
+            [annotator],
+        ).fetchall()
+        if not row:
+            return None
+        event_id, query_id, doc_id, verdict, band = row[0]
+        con.execute(
+            "INSERT INTO verdicts (query_id, doc_id, verdict, annotator, origin, band, undoes) "
+            "VALUES (?, ?, 'undo', ?, 'app', ?, ?)",
+            [query_id, doc_id, annotator, band, event_id],
+        )
     return {"query_id": query_id, "doc_id": doc_id, "verdict": verdict, "event_id": int(event_id)}
 
 

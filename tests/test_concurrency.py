@@ -81,3 +81,34 @@ def test_two_app_sessions_judging_the_same_item_keep_both_verdicts(monkeypatch, 
     first, second = HANDBUILT_RISK_ORDER[0], HANDBUILT_RISK_ORDER[1]
     # grace's two verdicts stand; ada's verdict was undone by ada, without touching grace's on the same item
     assert rows == [("grace", *first, "true_negative"), ("grace", *second, "unsure")]
+
+
+def test_concurrent_undos_of_one_annotator_take_back_distinct_verdicts(handbuilt_store_path):
+    store = SharedStore(handbuilt_store_path)
+    con = store.cursor()
+    for q, d in HANDBUILT_RISK_ORDER[:3]:
+        review.record_verdict(con, query_id=q, doc_id=d, verdict="true_negative", annotator="ada")
+    n_threads, per_thread = 4, 20  # 80 undo attempts for 3 verdicts
+    barrier = threading.Barrier(n_threads)
+    results: list = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        cur = store.cursor()
+        barrier.wait()
+        for _ in range(per_thread):
+            got = review.undo_last(cur, annotator="ada")
+            with lock:
+                results.append(got)
+
+    threads = [threading.Thread(target=work) for _ in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    taken_back = [r["event_id"] for r in results if r is not None]
+    assert len(taken_back) == 3 and len(set(taken_back)) == 3  # each verdict once; the rest said "nothing to undo"
+    assert results.count(None) == n_threads * per_thread - 3
+    undo_rows = con.execute("SELECT count(*), count(DISTINCT undoes) FROM verdicts WHERE verdict = 'undo'").fetchone()
+    assert undo_rows == (3, 3)
+    store.close()

@@ -249,3 +249,42 @@ def test_remining_rebands_every_named_configuration(mined):
     assert stale == 0
     per_config = dict(q(mined, "SELECT config, count(*) FROM bands GROUP BY config"))
     assert per_config["strict"] == per_config["default"] == q(mined, "SELECT count(*) FROM scores")[0][0]
+
+
+def test_mining_killed_while_banding_leaves_scores_and_bands_as_they_were(mined, monkeypatch):
+    from auditor import bands
+    from auditor.mine import mine
+
+    before = q(mined, "SELECT count(*), sum(s_neg) FROM scores")[0], q(mined, "SELECT count(*) FROM bands")[0]
+    mined.execute("DELETE FROM scores WHERE query_id = (SELECT min(query_id) FROM scores)")  # force a re-score
+    mined.execute("DELETE FROM bands WHERE query_id NOT IN (SELECT query_id FROM scores)")
+    changed = q(mined, "SELECT count(*), sum(s_neg) FROM scores")[0], q(mined, "SELECT count(*) FROM bands")[0]
+    assert changed != before
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # what SIGINT raises half-way through the band writes
+
+    monkeypatch.setattr(bands, "_write_bands", killed)
+    with pytest.raises(KeyboardInterrupt):
+        mine(mined)
+    # scores and bands are still the consistent pair from before the run: nothing scored without a band
+    assert (q(mined, "SELECT count(*), sum(s_neg) FROM scores")[0], q(mined, "SELECT count(*) FROM bands")[0]) == changed
+    assert bands.stale_bands(mined, "default", DEFAULT_MODEL) == 0
+    monkeypatch.undo()
+    mine(mined)
+    assert q(mined, "SELECT count(*) FROM scores")[0][0] == before[0][0]
+    assert bands.stale_bands(mined, "default", DEFAULT_MODEL) == 0
+
+
+def test_export_refuses_bands_that_do_not_match_the_scores(mined, tmp_path):
+    from auditor.export import export
+
+    mined.execute("DELETE FROM bands WHERE query_id = (SELECT min(query_id) FROM bands)")  # a store from an old crash
+    out = tmp_path / "train.jsonl"
+    with pytest.raises(StoreError, match=r"do not match the scores .*auditor band --db FILE --config default"):
+        export(mined, out)
+    assert not out.exists()
+    from auditor.bands import assign_bands
+
+    assign_bands(mined, "default")  # the fix the message names
+    assert export(mined, out).negatives_written > 0
