@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from auditor import bands as bands_mod
+from auditor import risk as risk_mod
 from auditor.config import DEFAULT_BAND_CONFIG, DEFAULT_MODEL, MineConfig
 from auditor.embed import embed_texts, fetch_matrix, model_key, resolve_model_path
 from auditor.store import StoreError, transaction
@@ -61,6 +62,7 @@ class MineSummary:
     mined_candidates: int = 0  #: candidates stored for `source`
     scored_candidates: int = 0  #: rows of ``scores`` for this model, all sources
     bands: dict[str, int] = field(default_factory=dict)
+    risk: risk_mod.FitSummary | None = None  #: the risk fit written with the scores (prior, or prior + verdicts)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -266,8 +268,14 @@ def mine(
                 sims = _rowwise_dot(D, pairs["ndi"].astype(np.int64), D, pairs["pdi"].astype(np.int64))
                 np.maximum.at(sim_to_pos, ci, sims)
         sim_to_pos[~np.isfinite(sim_to_pos)] = np.nan
+        summary.seconds["score"] = time.perf_counter() - t2
+
+        # --- the independent lexical signal (BM25 over the same corpus) ---
+        t_lex = time.perf_counter()
+        lex = _lexical(con, c_qi, c_di, pos_qi, pos_di, depth)
+        summary.seconds["bm25"] = time.perf_counter() - t_lex
         con.register("_cand_scores", pa.table({"ci": np.arange(n_cand, dtype=np.int64), "s_neg": s_neg,
-                                               "sim_to_pos": sim_to_pos}, ))
+                                               "sim_to_pos": sim_to_pos, **lex}))
         con.register("_pos_scores", pa.table({"qi": pos_qi, "s": s_pos}))
         with transaction(con):
             con.execute("DELETE FROM candidates WHERE source = $src", {"src": source})
@@ -280,9 +288,9 @@ def mine(
             con.execute("DELETE FROM scores WHERE model = $m", {"m": key})
             con.execute(
                 """INSERT INTO scores (model, query_id, doc_id, s_neg, s_pos_min, s_pos_mean, s_pos_max, sim_to_pos,
-                                       rank, ce_neg, ce_pos)
+                                       rank, ce_neg, ce_pos, bm25, bm25_rank, lex_to_pos)
                 SELECT $m, c.query_id, c.doc_id, s.s_neg, p.mn, p.av, p.mx, nullif(s.sim_to_pos, 'NaN'::DOUBLE),
-                       c.rank, NULL, NULL
+                       c.rank, NULL, NULL, s.bm25, nullif(s.bm25_rank, 'NaN'::DOUBLE)::INTEGER, s.lex_to_pos
                 FROM _cand c JOIN _cand_scores s USING (ci)
                 JOIN (SELECT qi, min(s) AS mn, avg(s) AS av, max(s) AS mx FROM _pos_scores GROUP BY qi) p USING (qi)
                 ORDER BY c.ci""",
@@ -290,11 +298,14 @@ def mine(
             )
             bands_mod.mark_latest_model(con, key)
             t3 = time.perf_counter()
+            risk_mod.update_fused_rank(con, key)
             summary.bands = bands_mod.reassign_after_scoring(con, key, band_config)
             summary.seconds["bands"] = time.perf_counter() - t3
+            t4 = time.perf_counter()
+            summary.risk = risk_mod.fit(con, key, in_transaction=True)
+            summary.seconds["risk"] = time.perf_counter() - t4
         summary.mined_candidates = len(hits)
         summary.scored_candidates = n_cand
-        summary.seconds["score"] = t3 - t2
     finally:
         con.execute("DROP TABLE IF EXISTS _cand")
         for name in ("_qidx", "_didx", "_hits", "_pos", "_cand_scores", "_pos_scores"):
@@ -305,6 +316,22 @@ def mine(
 
     summary.seconds["total"] = time.perf_counter() - t0
     return summary
+
+
+def _lexical(
+    con: duckdb.DuckDBPyConnection, c_qi: np.ndarray, c_di: np.ndarray, pos_qi: np.ndarray, pos_di: np.ndarray,
+    depth: int,
+) -> dict[str, np.ndarray]:
+    """BM25 signals for the candidate pairs, as row numbers of the registered ``_qidx`` / ``_didx`` orders."""
+    from auditor.lexical import build_index, pair_signals
+
+    doc_texts = [r[0] for r in con.execute(
+        f"SELECT {doc_text_sql('d')} FROM _didx x JOIN documents d USING (doc_id) ORDER BY x.di").fetchall()]
+    query_texts = [r[0] for r in con.execute(
+        "SELECT q.text FROM _qidx x JOIN queries q USING (query_id) ORDER BY x.qi").fetchall()]
+    index = build_index(doc_texts)
+    del doc_texts
+    return pair_signals(index, query_texts, c_qi, c_di, pos_qi, pos_di, depth)
 
 
 def cross_encode(
@@ -372,7 +399,9 @@ def cross_encode(
                    WHERE scores.model = $m AND scores.query_id = n.query_id AND scores.doc_id = n.doc_id""",
                 {"m": model},
             )
+            risk_mod.update_fused_rank(con, model)
             bands_mod.reassign_after_scoring(con, model, config)
+            risk_mod.fit(con, model, in_transaction=True)
     finally:
         con.unregister("_ce_neg")
         con.unregister("_ce_pos")

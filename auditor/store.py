@@ -21,6 +21,18 @@ One file holds a whole audit. Tables (schema version 1):
 ``verdicts``      insert-only review events. ``verdict`` is false_negative / true_negative / unsure, or ``undo``
                   with ``undoes`` naming the event it takes back. Nothing is ever updated or deleted.
 
+Added in schema version 2 (the lexical signal and the learned false-negative risk, see :mod:`auditor.lexical` and
+:mod:`auditor.risk`):
+
+``scores``        + ``bm25`` (BM25 of n for q over the best BM25 score of q in the corpus), ``bm25_rank`` (rank in
+                  BM25 search, positives excluded; NULL beyond its depth), ``lex_to_pos`` (max over positives p of
+                  BM25(p -> n) / BM25(p -> p)), ``fused_rank`` (rank among the query's candidates by reciprocal-rank
+                  fusion of the independent views; the prior risk is 1 / (1 + fused_rank)).
+``risk``          per (model, query, candidate): ``prior``, ``p_fn`` = P(false negative) in force, ``origin``
+                  (prior | model | propagated) and the ``fit_id`` that wrote it. Replaced whole by each fit.
+``risk_fits``     one row per fit: verdicts it saw (``n_labels``, ``n_false_negative``, ``last_event_id``), the
+                  blend weight given to the fitted model against the prior, and its parameters (JSON).
+
 Views: ``scored`` adds delta and ratio (against ``s_pos_min``) to ``scores``; ``current_verdicts`` is each
 (query, candidate, annotator)'s latest verdict that was not undone.
 
@@ -39,7 +51,7 @@ import duckdb
 
 from auditor.config import STORE_MEMORY_LIMIT
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(RuntimeError):
@@ -169,8 +181,42 @@ FROM (
 WHERE rn = 1;
 """
 
+_SCHEMA_V2 = """
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS bm25 DOUBLE;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS bm25_rank INTEGER;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS lex_to_pos DOUBLE;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS fused_rank INTEGER;
+
+CREATE TABLE IF NOT EXISTS risk (
+    model     VARCHAR NOT NULL,
+    query_id  VARCHAR NOT NULL,
+    doc_id    VARCHAR NOT NULL,
+    prior     DOUBLE NOT NULL,
+    p_fn      DOUBLE NOT NULL,    -- P(false negative) in force
+    origin    VARCHAR NOT NULL,   -- 'prior' | 'model' | 'propagated'
+    fit_id    BIGINT              -- risk_fits row that wrote it; NULL for the prior alone
+);
+
+CREATE SEQUENCE IF NOT EXISTS risk_fit_seq START 1;
+CREATE TABLE IF NOT EXISTS risk_fits (
+    fit_id            BIGINT PRIMARY KEY DEFAULT nextval('risk_fit_seq'),
+    model             VARCHAR NOT NULL,
+    created_at        TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    last_event_id     BIGINT NOT NULL,   -- the newest verdict event the fit saw
+    n_labels          INTEGER NOT NULL,  -- items with a false_negative / true_negative consensus
+    n_false_negative  INTEGER NOT NULL,
+    blend             DOUBLE NOT NULL,   -- weight of the fitted classifier against the prior
+    params            JSON NOT NULL
+);
+
+CREATE OR REPLACE VIEW scored AS
+SELECT *, s_neg - s_pos_min AS delta,
+       CASE WHEN s_pos_min = 0 THEN NULL ELSE s_neg / s_pos_min END AS ratio
+FROM scores;
+"""
+
 #: Migrations: MIGRATIONS[v] upgrades a store at version v-1 to version v. Version 1 is the initial schema.
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 _LOCK_HINT = (
     "The store {path} is open in another process (the app or another auditor command). DuckDB lets one process "

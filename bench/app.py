@@ -78,10 +78,15 @@ def generate_store(path: Path, n_candidates: int = 1_000_000, per_query: int = 5
     )
     con.execute(
         """
-        INSERT INTO scores
+        INSERT INTO scores (model, query_id, doc_id, s_neg, s_pos_min, s_pos_mean, s_pos_max, sim_to_pos, rank,
+                            ce_neg, ce_pos, bm25, bm25_rank, lex_to_pos)
         SELECT ?, query_id, doc_id,
                s_pos - 0.6 * (rank / ?) - 0.15 * u + 0.06 AS s_neg, s_pos, s_pos, s_pos,
-               0.3 + 0.6 * u, rank, NULL, NULL
+               0.3 + 0.6 * u, rank, NULL, NULL,
+               -- a lexical signal that agrees with the dense one only in part
+               least(1.0, 0.2 + 0.5 * u + 0.3 * hash(query_id, doc_id) % 1000 / 1000.0),
+               CASE WHEN hash(doc_id, query_id) % 3 = 0 THEN 1 + hash(doc_id) % 100 END,
+               0.4 * (hash(query_id || doc_id) % 1000) / 1000.0
         FROM gen
         """,
         [MODEL, per_query],
@@ -91,8 +96,12 @@ def generate_store(path: Path, n_candidates: int = 1_000_000, per_query: int = 5
         from auditor import bands as bands_mod
         from auditor.config import BandConfig, DEFAULT_BAND_CONFIG
 
+        from auditor import risk as risk_mod
+
+        risk_mod.update_fused_rank(con, MODEL)
         bands_mod.save_band_config(con, DEFAULT_BAND_CONFIG, BandConfig())
         bands_mod.assign_bands(con, DEFAULT_BAND_CONFIG, MODEL, BandConfig())
+        risk_mod.fit(con, MODEL)
     except ImportError:
         con.execute(
             """

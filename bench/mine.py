@@ -37,9 +37,9 @@ def preview_on_a_million(work: Path) -> tuple[float, float, float]:
 
     con = open_store(work / "million.duckdb")
     con.execute("""
-        INSERT INTO scores
+        INSERT INTO scores (model, query_id, doc_id, s_neg, s_pos_min, s_pos_mean, s_pos_max, sim_to_pos, rank)
         SELECT 'synthetic', 'q' || (i // 50), 'd' || i, s_pos - 0.4 + 0.5 * ((i * 7919) % 1000) / 1000.0,
-               s_pos, s_pos, s_pos, ((i * 104729) % 1000) / 1000.0, (i % 50) + 1, NULL, NULL
+               s_pos, s_pos, s_pos, ((i * 104729) % 1000) / 1000.0, (i % 50) + 1
         FROM (SELECT i, 0.3 + 0.4 * ((i // 50) * 31 % 100) / 100.0 AS s_pos FROM range(1000000) r(i))""")
     times = []
     for k in range(5):

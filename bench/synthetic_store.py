@@ -36,8 +36,8 @@ def fill_synthetic(con: duckdb.DuckDBPyConnection, n_queries: int = 200_000, per
         FROM range({n_queries}) a(q), range({per_query}) b(j);
         INSERT INTO candidates (query_id, doc_id, source, source_rank, source_score, model)
         SELECT query_id, doc_id, 'mined', rank, s_neg, '{model}' FROM _gen;
-        INSERT INTO scores SELECT '{model}', query_id, doc_id, s_neg, s_pos, s_pos, s_pos, s_neg * 0.9, rank,
-               NULL, NULL FROM _gen;
+        INSERT INTO scores (model, query_id, doc_id, s_neg, s_pos_min, s_pos_mean, s_pos_max, sim_to_pos, rank)
+        SELECT '{model}', query_id, doc_id, s_neg, s_pos, s_pos, s_pos, s_neg * 0.9, rank FROM _gen;
         INSERT INTO bands SELECT '{config}', '{model}', query_id, doc_id,
                CASE WHEN s_neg > s_pos - abs(s_pos) * 0.05 THEN 'suspicious'
                     WHEN exp(-20 * ((s_neg - s_pos) + 0.15) ^ 2) >= 0.3 THEN 'ambiguous' ELSE 'too_easy' END,

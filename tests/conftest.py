@@ -85,7 +85,8 @@ def build_handbuilt_store(con) -> None:
                 [q, d, src, rank, s_neg],
             )
         con.execute(
-            "INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, 0.1, ?, NULL, NULL)",
+            "INSERT INTO scores (model, query_id, doc_id, s_neg, s_pos_min, s_pos_mean, s_pos_max, sim_to_pos, rank) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 0.1, ?)",
             [HANDBUILT_MODEL, q, d, s_neg, min(s_pos), sum(s_pos) / len(s_pos), max(s_pos), rank],
         )
         con.execute(

@@ -21,7 +21,8 @@ BARE = BandConfig(relative_margin=None, near_duplicate=None, top_rank=None, anch
 def add(con, q, d, s_neg, s_pos=(0.5,), sim_to_pos=None, rank=None, ce_neg=None, ce_pos=None, model=M):
     s_pos = list(s_pos)
     con.execute(
-        "INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO scores (model, query_id, doc_id, s_neg, s_pos_min, s_pos_mean, s_pos_max, sim_to_pos, rank, ce_neg, "
+        "ce_pos) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [model, q, d, s_neg, min(s_pos), sum(s_pos) / len(s_pos), max(s_pos), sim_to_pos, rank, ce_neg, ce_pos],
     )
 

@@ -29,7 +29,7 @@ def test_triplets_pair_every_positive_with_every_negative(handbuilt_store, tmp_p
     con = handbuilt_store
     _confirm(con)
     out = tmp_path / "t.jsonl"
-    s = export_mod.export(con, out, fmt="triplet", negatives=3)
+    s = export_mod.export(con, out, fmt="triplet", negatives=3, drop_unreviewed_suspicious=True)
     rows = _lines(out)
     assert all(set(r) == {"anchor", "positive", "negative"} for r in rows)
     assert s.rows == len(rows)

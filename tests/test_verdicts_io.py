@@ -117,7 +117,7 @@ def test_export_events_and_current_round_trip(handbuilt_store, tmp_path):
 
 def test_cli_verdicts_and_queue(handbuilt_store_path, tmp_path, capsys):
     db = str(handbuilt_store_path)
-    assert cli_main(["queue", "--db", db, "--limit", "3", "--json"]) == 0
+    assert cli_main(["queue", "--db", db, "--mode", "risk", "--limit", "3", "--json"]) == 0
     items = json.loads(capsys.readouterr().out)
     assert [(i["query_id"], i["doc_id"]) for i in items] == [("q1", "n1"), ("q2", "n5"), ("q1", "n2")]
     assert {"band", "rule", "s_neg", "s_pos_min", "delta", "rank", "sources"} <= set(items[0])
@@ -125,7 +125,7 @@ def test_cli_verdicts_and_queue(handbuilt_store_path, tmp_path, capsys):
                                              "verdict": "true_negative"} for i in items])
     assert cli_main(["verdicts", "import", str(answers), "--db", db, "--annotator", "judge"]) == 0
     assert "imported 3 verdicts" in capsys.readouterr().out
-    assert cli_main(["queue", "--db", db, "--limit", "1", "--json"]) == 0
+    assert cli_main(["queue", "--db", db, "--mode", "risk", "--limit", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["doc_id"] == "n8"
     assert cli_main(["queue", "--db", db, "--mode", "stratified", "--limit", "0"]) == 0
     assert "sampling" not in capsys.readouterr().err

@@ -12,26 +12,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         "queue",
         help="print the review queue in order",
         description=(
-            "Print the review queue: candidates ordered by false-negative risk (suspicious first, then by margin to "
-            "the positive), or stratified random per band with each item's sampling probability. Items already "
-            "judged (by ANNOTATOR, or by enough annotators) are left out. With --json, a JSON array of items "
-            "carrying query_id, doc_id (the source's ids), band, rule and scores, ready for an LLM judge whose "
-            "answers come back through `auditor verdicts import`."
+            "Print the review queue. export (default): the candidates the export would write with the current "
+            "export settings (those of the latest `auditor export`, or the flags below), highest P(false negative) "
+            "first; a confirmed false negative leaves the export and its replacement enters the queue. risk: every "
+            "candidate, highest P(false negative) first. stratified: random per band, with each item's sampling "
+            "probability. Items already judged (by ANNOTATOR, or by enough annotators) are left out. With --json, a "
+            "JSON array of items carrying query_id, doc_id (the source's ids), band, rule, scores and p_fn, ready "
+            "for an LLM judge whose answers come back through `auditor verdicts import`."
         ),
     )
     p.add_argument("--db", required=True, help="store file")
     p.add_argument("--limit", type=int, default=20, help="items to print (default 20; 0 = all)")
-    p.add_argument("--mode", choices=["risk", "stratified"], default="risk", help="queue order (default risk)")
+    p.add_argument("--mode", choices=["export", "risk", "stratified"], default="export",
+                   help="queue order (default export)")
     p.add_argument("--band", action="append", choices=["suspicious", "ambiguous", "too_easy"],
                    help="only this band (repeatable)")
     p.add_argument("--source", help="only candidates from this source (e.g. given, or a mining run's name)")
     p.add_argument("--query-id", help="only this query")
     p.add_argument("--annotator", help="leave out items this annotator has already judged")
-    p.add_argument("--band-config", default="default", help="band configuration (default: default)")
+    p.add_argument("--band-config", default=None,
+                   help="band configuration (default: the export settings' in export mode, else 'default')")
     p.add_argument("--model", help="scorer whose bands to use (default: the latest scored)")
     p.add_argument("--seed", type=int, default=42, help="seed of the stratified order (default 42)")
     p.add_argument("--double-annotation", type=float, metavar="SHARE",
                    help="share of items that need a second annotator (default: ReviewConfig, 0)")
+    g = p.add_argument_group("export settings (export mode; default: those of the latest export)")
+    g.add_argument("--negatives", type=int, help="negatives per query")
+    g.add_argument("--strategy", choices=["top", "random", "simans", "band-mix"], help="how negatives are chosen")
+    g.add_argument("--max-risk", type=_opt_float, metavar="P", help="risk threshold ('off' for none)")
     p.add_argument("--texts", action="store_true", help="with --json, add the query and candidate texts")
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p.set_defaults(func=run_queue)
@@ -71,6 +79,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp.set_defaults(func=run_export)
 
 
+def _opt_float(text: str) -> float | None:
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
+
+
+def _selection(con, args: argparse.Namespace):
+    """The latest export's settings, with any flag given on the command line on top."""
+    from dataclasses import replace
+
+    from auditor.select import current_selection
+
+    sel = current_selection(con)
+    changes = {k: getattr(args, k) for k in ("negatives", "strategy") if getattr(args, k) is not None}
+    if args.max_risk is not None or "--max-risk" in sys.argv:
+        changes["max_risk"] = args.max_risk
+    if args.band_config is not None:
+        changes["config"] = args.band_config
+    return replace(sel, **changes)
+
+
 def run_queue(args: argparse.Namespace) -> int:
     from auditor.cli import UserError
     from auditor.review import build_queue, item_context
@@ -80,15 +112,17 @@ def run_queue(args: argparse.Namespace) -> int:
         raise UserError("--limit must be 0 (all) or more")
     con = open_store(args.db, read_only=True)
     try:
+        selection = _selection(con, args) if args.mode == "export" else None
+        config = selection.config if selection else (args.band_config or "default")
         df = build_queue(
-            con, mode=args.mode, model=args.model, config=args.band_config, bands=args.band, source=args.source,
+            con, mode=args.mode, model=args.model, config=config, bands=args.band, source=args.source,
             query_id=args.query_id, annotator=args.annotator, limit=args.limit or None, seed=args.seed,
-            double_annotation=args.double_annotation,
+            double_annotation=args.double_annotation, selection=selection,
         )
         items = _records(df)
         if args.texts:
             for item in items:
-                ctx = item_context(con, item["query_id"], item["doc_id"], model=args.model, config=args.band_config)
+                ctx = item_context(con, item["query_id"], item["doc_id"], model=args.model, config=config)
                 item["query"] = ctx["query"]
                 item["positives"] = [p["text"] for p in ctx["positives"]]
                 item["text"] = ctx["candidate"]["text"]
@@ -100,12 +134,14 @@ def run_queue(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     if not items:
-        print("the queue is empty")
+        print("the queue is empty" + (": the export holds no unreviewed candidate" if args.mode == "export" else ""))
         return 0
-    print(f"{'#':>4}  {'band':<10} {'rule':<16} {'s_neg':>7} {'s_pos':>7} {'delta':>7} {'rank':>5}  query_id / doc_id")
+    print(f"{'#':>4}  {'P(FN)':>6}  {'band':<10} {'rule':<16} {'s_neg':>7} {'s_pos':>7} {'delta':>7} {'rank':>5}  "
+          "query_id / doc_id")
     for i, it in enumerate(items, 1):
         rank = "" if it["rank"] is None else it["rank"]
-        print(f"{i:>4}  {it['band']:<10} {it['rule']:<16} {it['s_neg']:>7.3f} {it['s_pos_min']:>7.3f} "
+        p = "" if it.get("p_fn") is None else f"{it['p_fn']:.3f}"
+        print(f"{i:>4}  {p:>6}  {it['band']:<10} {it['rule']:<16} {it['s_neg']:>7.3f} {it['s_pos_min']:>7.3f} "
               f"{it['delta']:>7.3f} {rank:>5}  {it['query_id']} / {it['doc_id']}")
     return 0
 
@@ -134,7 +170,8 @@ def run_import(args: argparse.Namespace) -> int:
 
     con = open_store(args.db)
     try:
-        summary = import_verdicts(con, args.file, annotator=args.annotator, config=args.band_config)
+        summary = import_verdicts(con, args.file, annotator=args.annotator, config=args.band_config or "default")
+        fit = _refit(con) if summary.written else None
     finally:
         con.close()
     if args.json:
@@ -144,7 +181,25 @@ def run_import(args: argparse.Namespace) -> int:
         print(f"imported {summary.written} verdicts from {summary.path} ({counts}) by "
               f"{', '.join(summary.annotators)}"
               + (f"; {summary.unchanged} lines repeated a verdict in force and were skipped" if summary.unchanged else ""))
+        if fit is not None:
+            print(_fit_line(fit))
     return 0
+
+
+def _refit(con):
+    """Refit the false-negative risk of the latest scored model on the verdicts now in force (None if unscored)."""
+    from auditor.bands import latest_model
+    from auditor.risk import fit
+
+    model = latest_model(con)
+    return fit(con, model) if model else None
+
+
+def _fit_line(fit) -> str:
+    if not fit.blend:
+        return f"risk: {fit.note}"
+    return (f"risk refitted on {fit.n_labels} verdicts ({fit.n_false_negative} false negatives): classifier weight "
+            f"{fit.blend:.2f} against the prior; {fit.propagated} near-duplicates of confirmed false negatives lifted")
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -161,9 +161,12 @@ def _format_preview(p: dict) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from auditor.evaluate import evaluate, format_report
 
+    from auditor.select import Selection
+
     con = _store(args.db, read_only=True)
-    result = evaluate(con, args.answer_key, negatives=args.negatives, config=args.config, model=args.model,
-                      strategy=args.strategy, seed=args.seed)
+    selection = Selection(negatives=args.negatives, strategy=args.strategy, config=args.config, seed=args.seed,
+                          max_risk=args.max_risk)
+    result = evaluate(con, args.answer_key, model=args.model, selection=selection)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
@@ -236,7 +239,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Given an answer key (TSV of query-id, corpus-id of known-but-hidden positives, as written by "
                     "`auditor hide-positives`), report per band and per rule how many known false negatives it "
                     "holds (recall, precision), and how many reach an export of N negatives per query, against "
-                    "plain top-N mining.",
+                    "plain top-N mining; both judged at equal hardness by the frontier ratio: contamination over "
+                    "that of the dense rank window r+1..r+N with the same mean cosine (below 1 = cleaner than a "
+                    "rank cut as hard).",
     )
     p.add_argument("--db", required=True, help="store file")
     p.add_argument("--answer-key", required=True, help="TSV: query-id, corpus-id (header optional)")
@@ -245,6 +250,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=DEFAULT_BAND_CONFIG, help="band configuration")
     p.add_argument("--model", default=None, help="scored model (default: the latest scored)")
     p.add_argument("--seed", type=int, default=ExportConfig.seed)
+    p.add_argument("--max-risk", type=_opt_float, default=ExportConfig.max_risk, metavar="P",
+                   help="skip unreviewed candidates with P(false negative) above P, as `auditor export` does "
+                        "(default %(default)s; 'off' keeps them)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_evaluate)
 

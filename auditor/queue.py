@@ -1,0 +1,558 @@
+"""The review queue: which candidate an annotator sees next.
+
+An *item* is one banded candidate: a row of ``bands`` for (config, model) joined to its scores (view ``scored``) and
+its P(false negative) (table ``risk``, see :mod:`auditor.risk`).
+
+Queue orders
+------------
+``export`` (the default)
+    What matters is what will be written to the training file: the candidates that the current export settings
+    (:class:`auditor.select.Selection`: N, strategy, band configuration, risk threshold — those of the latest export
+    unless given) would select, highest P(false negative) first. A confirmed false negative leaves the export at once,
+    and the candidate that replaces it in the export enters the queue. When every exported item is reviewed, the
+    queue is empty: the export holds nothing unreviewed.
+``risk``
+    Every banded candidate, highest P(false negative) first (stores without risk rows: suspicious before ambiguous
+    before too_easy, then the largest ``delta``). Finds the most false negatives per hour, whether or not the export
+    would take them; rates measured on it are biased upward.
+``stratified``
+    Each band's items in a seeded random order (a hash of seed, query id and doc id), interleaved across bands round-
+    robin: position 1 of every band, then position 2, and so on. Reviewing the first ``j`` items of a band's order is a
+    simple random sample of size ``j`` from the band's ``N_b`` items, so every item in it had inclusion probability
+    ``j / N_b``; the item at position ``j`` stores ``sampling_prob = j / N_b``. The per-band false-negative rate of the
+    reviewed sample (``sum(y) / n_b``) is then unbiased for the band, and the Horvitz-Thompson total
+    ``sum over reviewed items of y_i / pi_i`` with ``pi_i = n_b / N_b`` equals ``sum_b N_b * rate_b``
+    (see :mod:`auditor.stats`). Filters (band, source, query) make ``N_b`` the size of the filtered band; a walk
+    filtered by source or query is recorded as ``stratified_filtered`` and is not used as a sample of the band.
+
+Exclusion: an item leaves an annotator's queue once that annotator has a current verdict on it, and leaves every queue
+once it has enough annotators (in stratified mode, counting only verdicts given in a stratified walk): 1, or 2 for
+the deterministic share ``ReviewConfig.double_annotation`` of items routed to double annotation (by an md5 hash of the
+ids, so every process agrees) for Cohen's kappa.
+
+Speed: joining bands, scores and risk over a million rows costs about a second, too slow to repeat per item. The
+joined items of one (store, config, model, seed) — and for ``export`` the selected items of one set of settings — are
+copied into a private in-memory DuckDB, keyed by a fingerprint of the bands and the risk fit they came from, so
+re-banding, re-scoring or a refit is seen at once. The export snapshot is then patched per verdict: only the queries
+with verdict events newer than the snapshot are selected again, from the store.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from auditor.config import DEFAULT_BAND_CONFIG, ReviewConfig
+from auditor.select import Selection, current_selection
+from auditor.store import StoreError
+
+MODES = ("export", "risk", "stratified")
+#: What a verdict may record as its queue: a stratified walk narrowed by source or query is not a band sample.
+RECORDED_MODES = (*MODES, "stratified_filtered")
+BANDS = ("suspicious", "ambiguous", "too_easy")
+
+#: SQL for a band's place in the legacy risk order (0 = reviewed first).
+BAND_LEVEL_SQL = "CASE {b} WHEN 'suspicious' THEN 0 WHEN 'ambiguous' THEN 1 ELSE 2 END"
+
+ITEM_COLUMNS = [
+    "query_id", "doc_id", "band", "rule", "s_neg", "s_pos_min", "s_pos_max", "delta", "ratio", "rank", "sources",
+    "weight", "p_fn", "risk", "sampling_prob",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# model / config resolution
+# --------------------------------------------------------------------------------------------------------------
+
+def resolve_model(con: duckdb.DuckDBPyConnection, model: str | None, config: str = DEFAULT_BAND_CONFIG) -> str:
+    """The scorer whose bands to use: the one given, else the latest one scored, else a clear error."""
+    if model:
+        return model
+    from auditor.bands import latest_model
+
+    found = latest_model(con)
+    if found:
+        return found
+    row = con.execute(
+        "SELECT model FROM bands WHERE config = ? GROUP BY model ORDER BY count(*) DESC, model LIMIT 1", [config]
+    ).fetchall()
+    if not row:
+        raise StoreError("this store has no scored candidates yet: run `auditor mine --db FILE` first")
+    return row[0][0]
+
+
+def _check_bands_exist(con: duckdb.DuckDBPyConnection, config: str, model: str) -> None:
+    if con.execute("SELECT 1 FROM bands WHERE config = ? AND model = ? LIMIT 1", [config, model]).fetchall() == []:
+        raise StoreError(
+            f"no bands for band configuration {config!r} and model {model!r}: run `auditor mine` (or `auditor band "
+            f"--config {config}`) first"
+        )
+
+
+def settle(con: duckdb.DuckDBPyConnection) -> None:
+    """Finish any half-read result on ``con``: DuckDB refuses register() / sql() while one is pending."""
+    con.complete()
+
+
+def double_share(double_annotation: float | None) -> float:
+    share = ReviewConfig().double_annotation if double_annotation is None else float(double_annotation)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"double_annotation must be between 0 and 1, got {share}")
+    return share
+
+
+#: An item is routed to two annotators when this md5-derived number in [0, 1) is below the double-annotation share.
+DOUBLE_HASH_SQL = "(md5_number_upper(v.query_id || chr(31) || v.doc_id) / 18446744073709551616.0)"
+
+
+def needs_two_annotators(query_id: str, doc_id: str, share: float) -> bool:
+    """Python twin of the SQL routing rule (for tests and the app)."""
+    import hashlib
+
+    digest = hashlib.md5(f"{query_id}\x1f{doc_id}".encode()).digest()
+    upper = int.from_bytes(digest[:8], "little")
+    return upper / 2**64 < share
+
+
+# --------------------------------------------------------------------------------------------------------------
+# derived tables in a private in-memory DuckDB
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Entry:
+    fingerprint: tuple
+    table: str
+    event_id: int = 0  #: export snapshots: verdict events up to this one are reflected
+    lock: threading.Lock | None = None
+
+
+class _MemTables:
+    """Tables derived from a store, rebuilt when their fingerprint changes; the newest few are kept.
+
+    Tables are dropped one generation late, so a reader that just looked up an old name still finds it; a reader
+    slower than that gets a CatalogException and retries (see ``_run``).
+    """
+
+    size = 6
+
+    def __init__(self) -> None:
+        self._mem: duckdb.DuckDBPyConnection | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
+        self._entries: dict[tuple, _Entry] = {}
+        self._retired: list[str] = []
+        self._seq = iter(range(1, 1 << 62))
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            with self._lock:
+                if self._mem is None:
+                    self._mem = duckdb.connect(":memory:")
+                cur = self._mem.cursor()
+            self._local.cursor = cur
+        return cur
+
+    def get(self, key: tuple, fingerprint: tuple, build: Callable[[], tuple[pa.Table, int]]) -> _Entry:
+        """The entry for ``key`` at ``fingerprint``; ``build()`` returns (rows, verdict event id they reflect)."""
+        with self._lock:
+            hit = self._entries.get(key)
+        if hit is not None and hit.fingerprint == fingerprint:
+            return hit
+        with self._build_lock:  # one builder at a time; whoever waited finds the fresh table
+            with self._lock:
+                hit = self._entries.get(key)
+            if hit is not None and hit.fingerprint == fingerprint:
+                return hit
+            rows, event_id = build()
+            name = f"items_{next(self._seq)}"
+            mem = self.cursor()
+            mem.register("_arrow_items", rows)
+            try:
+                mem.execute(f"CREATE TABLE {name} AS SELECT * FROM _arrow_items")
+            finally:
+                mem.unregister("_arrow_items")
+            entry = _Entry(fingerprint, name, event_id, threading.Lock())
+            with self._lock:
+                old = self._entries.pop(key, None)
+                self._entries[key] = entry
+                if old is not None:
+                    self._retired.append(old.table)
+                while len(self._entries) > self.size:
+                    self._retired.append(self._entries.pop(next(iter(self._entries))).table)
+                doomed = self._retired[:-1]
+                del self._retired[: len(doomed)]
+            for table in doomed:
+                mem.execute(f"DROP TABLE IF EXISTS {table}")
+            return entry
+
+
+_TABLES = _MemTables()
+
+
+def _fingerprint(con: duckdb.DuckDBPyConnection, config: str, model: str) -> tuple:
+    """Changes whenever the bands, the candidates, the scores or the risk fit of (config, model) change."""
+    return con.execute(
+        """
+        SELECT count(*), bit_xor(hash(query_id, doc_id, band, rule, weight)),
+               (SELECT estimated_size FROM duckdb_tables() WHERE table_name = 'candidates' AND schema_name = 'main'),
+               (SELECT estimated_size FROM duckdb_tables() WHERE table_name = 'scores' AND schema_name = 'main'),
+               (SELECT max(fit_id) FROM risk_fits WHERE model = $m)
+        FROM bands WHERE config = $c AND model = $m
+        """,
+        {"c": config, "m": model},
+    ).fetchall()[0]
+
+
+def _store_key(con: duckdb.DuckDBPyConnection) -> tuple:
+    rows = con.execute("SELECT database_name, path FROM duckdb_databases() WHERE NOT internal").fetchall()
+    return tuple(sorted((str(a), str(b)) for a, b in rows))
+
+
+def _last_event(con: duckdb.DuckDBPyConnection) -> int:
+    return int(con.execute("SELECT coalesce(max(event_id), 0) FROM verdicts").fetchall()[0][0])
+
+
+def _items_sql(only: str = "") -> str:
+    """Banded items with scores, sources and P(false negative); ``only`` restricts every scan to some queries."""
+    return f"""
+        SELECT b.query_id, b.doc_id, b.band, b.rule, b.weight, {BAND_LEVEL_SQL.format(b="b.band")} AS band_level,
+               s.s_neg, s.s_pos_min, s.s_pos_max, s.delta, s.ratio, s.rank, r.p_fn,
+               coalesce(src.sources, []::VARCHAR[]) AS sources
+        FROM (SELECT * FROM bands WHERE config = $c AND model = $m {only}) b
+        JOIN (SELECT * FROM scored WHERE model = $m {only}) s ON s.query_id = b.query_id AND s.doc_id = b.doc_id
+        LEFT JOIN (SELECT * FROM risk WHERE model = $m {only}) r ON r.query_id = b.query_id AND r.doc_id = b.doc_id
+        LEFT JOIN (SELECT query_id, doc_id, list(DISTINCT source ORDER BY source) AS sources
+                   FROM candidates WHERE true {only} GROUP BY query_id, doc_id) src
+             ON src.query_id = b.query_id AND src.doc_id = b.doc_id
+    """
+
+
+def _items_table(con: duckdb.DuckDBPyConnection, config: str, model: str, seed: int) -> str:
+    """Name of the in-memory table holding every banded item of (config, model), with per-band random positions."""
+
+    def build() -> tuple[pa.Table, int]:
+        settle(con)
+        rows = con.sql(
+            f"""
+            SELECT *, row_number() OVER (PARTITION BY band ORDER BY rkey, query_id, doc_id) AS band_pos,
+                   count(*) OVER (PARTITION BY band) AS band_size, NULL::BIGINT AS slot
+            FROM (SELECT *, hash(query_id, doc_id, $seed::BIGINT) AS rkey FROM ({_items_sql()}))
+            """,
+            params={"c": config, "m": model, "seed": int(seed)},
+        ).to_arrow_table()
+        return rows, 0
+
+    key = ("items", _store_key(con), config, model, int(seed))
+    return _TABLES.get(key, _fingerprint(con, config, model), build).table
+
+
+def _export_table(con: duckdb.DuckDBPyConnection, selection: Selection, model: str) -> str:
+    """Name of the in-memory table holding what ``selection`` exports now, patched for newer verdicts."""
+    only = "AND query_id IN (SELECT query_id FROM _dirty_queries)"
+
+    def select(restricted: bool) -> pa.Table:
+        settle(con)
+        sel = selection.sql(con, model, queries="_dirty_queries" if restricted else None)
+        return con.sql(
+            f"""
+            SELECT i.*, e.slot, NULL::UBIGINT AS rkey, NULL::BIGINT AS band_pos, NULL::BIGINT AS band_size
+            FROM ({sel}) e JOIN ({_items_sql(only if restricted else "")}) i USING (query_id, doc_id)
+            """,
+            params={"c": selection.config, "m": model},
+        ).to_arrow_table()
+
+    def build() -> tuple[pa.Table, int]:
+        event_id = _last_event(con)  # read first: verdicts that land while building are patched in next time
+        return select(False), event_id
+
+    key = ("export", _store_key(con), selection.to_json(), model)
+    entry = _TABLES.get(key, (*_fingerprint(con, selection.config, model), selection.to_json()), build)
+    if _last_event(con) > entry.event_id:
+        with entry.lock:  # one patcher per snapshot; the others wait and find it patched
+            newest = _last_event(con)
+            if newest > entry.event_id:
+                dirty = con.execute(
+                    "SELECT DISTINCT query_id FROM verdicts WHERE event_id > ?", [entry.event_id]
+                ).arrow()
+                con.register("_dirty_queries", dirty)
+                try:
+                    fresh = select(True)
+                finally:
+                    con.unregister("_dirty_queries")
+                mem = _TABLES.cursor()
+                mem.register("_dirty_queries", dirty)
+                mem.register("_fresh_rows", fresh)
+                try:
+                    mem.execute("BEGIN TRANSACTION")
+                    mem.execute(f"DELETE FROM {entry.table} WHERE query_id IN (SELECT query_id FROM _dirty_queries)")
+                    mem.execute(f"INSERT INTO {entry.table} SELECT * FROM _fresh_rows")
+                    mem.execute("COMMIT")
+                finally:
+                    mem.unregister("_dirty_queries")
+                    mem.unregister("_fresh_rows")
+                entry.event_id = newest
+    return entry.table
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the queue query
+# --------------------------------------------------------------------------------------------------------------
+
+def _done_items(
+    con: duckdb.DuckDBPyConnection, annotator: str | None, double_annotation: float, skip: Iterable[tuple[str, str]],
+    mode: str = "risk",
+) -> pd.DataFrame:
+    """(query_id, doc_id) of items that leave this queue: judged by this annotator, or by enough annotators.
+
+    In stratified mode only verdicts given in a stratified queue count: an item judged earlier in risk order stays in
+    the random walk (and is shown again), or the random sample would silently lack the riskiest items and every
+    band's false-negative rate would come out too low.
+    """
+    params: list[Any] = []
+    scope = "WHERE v.queue_mode LIKE 'stratified%'" if mode == "stratified" else ""
+    mine = "false"
+    if annotator is not None:
+        mine = "bool_or(v.annotator = ?)"
+        params.append(annotator)
+    need = "1"
+    if double_annotation > 0:
+        need = f"CASE WHEN {DOUBLE_HASH_SQL} < ? THEN 2 ELSE 1 END"
+        params.append(double_annotation)
+    done = con.execute(
+        f"""
+        SELECT v.query_id, v.doc_id FROM current_verdicts v {scope} GROUP BY v.query_id, v.doc_id
+        HAVING {mine} OR count(DISTINCT v.annotator) >= {need}
+        """,
+        params,
+    ).df()
+    skip = [(str(q), str(d)) for q, d in skip]
+    if skip:
+        done = pd.concat([done, pd.DataFrame(skip, columns=["query_id", "doc_id"])], ignore_index=True)
+    return done.astype({"query_id": "object", "doc_id": "object"})
+
+
+_OUT = (
+    "query_id, doc_id, band, rule, s_neg, s_pos_min, s_pos_max, delta, ratio, rank, sources, weight, p_fn, "
+    "coalesce(p_fn, (2 - band_level) / 3.0 + (0.5 + atan(delta) / pi()) / 3.0) AS risk, {sampling} AS sampling_prob"
+)
+
+_ORDERS = {
+    "export": "p_fn DESC NULLS LAST, slot, query_id, doc_id",
+    "risk": "p_fn DESC NULLS LAST, band_level, delta DESC, rank NULLS LAST, query_id, doc_id",
+    "stratified": "band_pos, band_level, query_id, doc_id",
+}
+
+
+def _queue_sql(
+    *,
+    mode: str,
+    bands: Sequence[str] | None,
+    source: str | None,
+    query_id: str | None,
+    limit: int | None,
+    n_done: int,
+    items: str,
+) -> tuple[str, list[Any]]:
+    """SQL over an in-memory item table and the registered ``_done`` frame: filters, exclusions, order, limit."""
+    params: list[Any] = []
+    where = ["true"]
+    if bands:
+        unknown = set(bands) - set(BANDS)
+        if unknown:
+            raise ValueError(f"unknown band(s) {sorted(unknown)}: use {', '.join(BANDS)}")
+        where.append(f"band IN ({', '.join('?' for _ in bands)})")
+        params.extend(bands)
+    if query_id is not None:
+        where.append("query_id = ?")
+        params.append(query_id)
+    if source is not None:
+        where.append("list_contains(sources, ?)")
+        params.append(source)
+    filtered = len(where) > 1
+    pool = f"SELECT * FROM {items} WHERE {' AND '.join(where)}"
+    avail = "SELECT * FROM pool ANTI JOIN _done USING (query_id, doc_id)"
+    sampling = "band_pos::DOUBLE / band_size" if mode == "stratified" else "NULL::DOUBLE"
+    order = _ORDERS[mode]
+    if mode == "stratified" and filtered and limit == 1:
+        # With a filter the sample is drawn from the filtered items, so positions are counted inside it (a band's
+        # random order restricted to a subset is a random order of that subset). For one item, two aggregates
+        # replace a window over the whole pool: each band's first available item, then its position.
+        sql = f"""
+            WITH pool AS ({pool}),
+            firsts AS (SELECT band, min((rkey, query_id, doc_id)) AS k FROM ({avail}) GROUP BY band),
+            pos AS (
+                SELECT f.band, f.k, count(*) FILTER (WHERE (p.rkey, p.query_id, p.doc_id) <= f.k) AS band_pos,
+                       count(*) AS band_size
+                FROM pool p JOIN firsts f USING (band) GROUP BY f.band, f.k
+            ),
+            picked AS (
+                SELECT p.* EXCLUDE (band_pos, band_size), pos.band_pos, pos.band_size
+                FROM pool p JOIN pos ON p.band = pos.band AND p.query_id = pos.k[2] AND p.doc_id = pos.k[3]
+            )
+            SELECT {_OUT.format(sampling=sampling)} FROM picked ORDER BY {order} LIMIT 1
+        """
+        return sql, params
+    if mode == "stratified" and filtered:
+        pool = (
+            f"SELECT * EXCLUDE (band_pos, band_size), row_number() OVER (PARTITION BY band ORDER BY rkey, query_id, "
+            f"doc_id) AS band_pos, count(*) OVER (PARTITION BY band) AS band_size FROM ({pool})"
+        )
+    if limit is None:
+        sql = f"WITH pool AS ({pool}) SELECT {_OUT.format(sampling=sampling)} FROM ({avail}) ORDER BY {order}"
+    else:
+        # The done set is small: the first limit + n_done items of the pool always hold the first `limit` available
+        # ones, so the anti-join runs on a handful of rows and the pool needs only a top-N, not a full sort.
+        sql = f"""
+            WITH pool AS ({pool}),
+            head AS (SELECT * FROM pool ORDER BY {order} LIMIT ?)
+            SELECT {_OUT.format(sampling=sampling)} FROM head ANTI JOIN _done USING (query_id, doc_id)
+            ORDER BY {order} LIMIT ?
+        """
+        params += [int(limit) + int(n_done), int(limit)]
+    return sql, params
+
+
+def _run(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    mode: str,
+    config: str,
+    model: str,
+    seed: int,
+    selection: Selection | None,
+    annotator: str | None,
+    double_annotation: float,
+    skip: Iterable[tuple[str, str]],
+    **kw: Any,
+) -> pd.DataFrame:
+    if mode not in MODES:
+        raise ValueError(f"unknown queue mode {mode!r}: use one of {', '.join(MODES)}")
+    done = _done_items(con, annotator, double_annotation, skip, mode)
+    mem = _TABLES.cursor()
+    for attempt in (1, 2):
+        if mode == "export":
+            items = _export_table(con, selection or current_selection(con), model)
+        else:
+            items = _items_table(con, config, model, seed)
+        sql, params = _queue_sql(mode=mode, items=items, n_done=len(done), **kw)
+        mem.register("_done", done)
+        try:
+            return mem.execute(sql, params).df()
+        except duckdb.CatalogException:
+            if attempt == 2:
+                raise
+        finally:
+            mem.unregister("_done")
+    raise AssertionError("unreachable")
+
+
+def _prepare(
+    con: duckdb.DuckDBPyConnection, mode: str, model: str | None, config: str, selection: Selection | None
+) -> tuple[str, str, Selection | None]:
+    """Resolve the model and, in export mode, the settings (whose band configuration then rules)."""
+    if mode == "export":
+        selection = selection or current_selection(con)
+        config = selection.config
+    model = resolve_model(con, model, config)
+    _check_bands_exist(con, config, model)
+    return model, config, selection
+
+
+def build_queue(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    mode: str = ReviewConfig.mode,
+    model: str | None = None,
+    config: str = DEFAULT_BAND_CONFIG,
+    bands: Sequence[str] | None = None,
+    source: str | None = None,
+    query_id: str | None = None,
+    annotator: str | None = None,
+    limit: int | None = None,
+    seed: int = 42,
+    double_annotation: float | None = None,
+    skip: Iterable[tuple[str, str]] = (),
+    selection: Selection | None = None,
+) -> pd.DataFrame:
+    """The review queue in order (see the module docstring for the orders and the exclusion rules).
+
+    Columns: query_id, doc_id, band, rule, s_neg, s_pos_min, s_pos_max, delta, ratio, rank, sources (list), weight,
+    p_fn (P(false negative), NULL where no risk was computed), risk (p_fn, or a band-and-delta score without it),
+    sampling_prob (stratified mode only). ``selection`` gives the export settings of export mode (default: those of
+    the latest export); its band configuration then replaces ``config``.
+    """
+    model, config, selection = _prepare(con, mode, model, config, selection)
+    df = _run(
+        con, mode=mode, config=config, model=model, seed=seed, selection=selection, bands=bands, source=source,
+        query_id=query_id, annotator=annotator, skip=skip, double_annotation=double_share(double_annotation),
+        limit=limit,
+    )
+    if len(df):
+        df["sources"] = df["sources"].map(lambda s: [str(x) for x in s] if s is not None else [])
+    return df[ITEM_COLUMNS] if len(df) else pd.DataFrame(columns=ITEM_COLUMNS)
+
+
+def next_item(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    annotator: str,
+    mode: str = ReviewConfig.mode,
+    model: str | None = None,
+    config: str = DEFAULT_BAND_CONFIG,
+    bands: Sequence[str] | None = None,
+    source: str | None = None,
+    query_id: str | None = None,
+    skip: Iterable[tuple[str, str]] = (),
+    seed: int = 42,
+    double_annotation: float | None = None,
+    selection: Selection | None = None,
+) -> dict[str, Any] | None:
+    """The next item for ``annotator`` (one query with LIMIT 1), or None when the queue is empty.
+
+    ``skip`` holds (query_id, doc_id) pairs the annotator skipped in this session; they are left out without any
+    event being written. The dict has the columns of :func:`build_queue` plus ``mode``, ``model`` and ``config``.
+    """
+    model, config, selection = _prepare(con, mode, model, config, selection)
+    df = _run(
+        con, mode=mode, config=config, model=model, seed=seed, selection=selection, bands=bands, source=source,
+        query_id=query_id, annotator=annotator, skip=skip, double_annotation=double_share(double_annotation), limit=1,
+    )
+    if df.empty:
+        return None
+    item = {k: _py(v) for k, v in df.iloc[0].items()}
+    if item["rank"] is not None:
+        item["rank"] = int(item["rank"])
+    item["sources"] = list(item.get("sources") or [])
+    # A stratified walk narrowed to one source or query samples that subset, not the band: its verdicts must not be
+    # extrapolated to the whole band (auditor.stats counts only queue_mode 'stratified' as a band sample).
+    item["mode"] = "stratified_filtered" if mode == "stratified" and (source or query_id) else mode
+    item["model"] = model
+    item["config"] = config
+    return item
+
+
+def _py(value: Any) -> Any:
+    """A pandas / numpy cell as a plain Python value (None for missing), so items serialise to JSON."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [str(x) for x in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def risk_of(band: str, delta: float) -> float:
+    """Python twin of the SQL ``risk`` column where no P(false negative) exists (for display and tests)."""
+    level = {"suspicious": 0, "ambiguous": 1}.get(band, 2)
+    return (2 - level) / 3.0 + (0.5 + math.atan(delta) / math.pi) / 3.0

@@ -1,0 +1,352 @@
+"""P(false negative) for every scored candidate: a rule-based prior, then a classifier learned from the verdicts.
+
+Why not the bands alone: every band rule reads one model's view (dense rank and cosine), so it cannot tell "hard"
+from "relevant" better than rank does. Independent views can: a candidate that the dense model, BM25 and the
+positive's own neighbourhood all put near the top is far more often an unlabeled positive than one that only the
+dense model likes (DESIGN.md, "Review should clean what gets exported").
+
+Prior (no verdict needed; nothing fitted to any data set)
+    Within each query, candidates are ranked by each view that the data has: ``s_neg`` (dense, to the query),
+    ``bm25`` (lexical, to the query), ``sim_to_pos`` and ``lex_to_pos`` (dense and lexical closeness to a positive),
+    the teacher's score of the negative where the training file gave one, and the cross-encoder's where it was run.
+    Reciprocal-rank fusion (mean over the available views of ``1 / (rrf_k + rank)``) gives ``fused_rank``, stored in
+    ``scores`` at mining; the prior is ``1 / (1 + fused_rank)``.
+Learned (from the verdicts)
+    Logistic regression (scikit-learn; it fits log-loss directly, so its probabilities are calibrated on the labels'
+    distribution) on standardised features — the prior's log-odds, dense rank and score, delta, ratio, closeness to
+    the positive, BM25 rank and score, teacher and cross-encoder margins, the query's number of positives — with L2
+    regularisation, blended with the prior by ``n / (n + prior_weight)`` so a handful of verdicts cannot swing it.
+    Items with a verdict consensus carry it (1 for false negative, 0 for true negative).
+Propagation
+    A confirmed false negative lifts, to at least their cosine, the risk of its near-duplicates under the same query
+    and of the same document under near-duplicate queries (``RiskConfig.propagate_doc`` / ``propagate_query``).
+
+Every fit replaces the ``risk`` rows of its model and appends a ``risk_fits`` row (verdicts seen, blend, parameters).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from auditor.config import RiskConfig
+from auditor.store import transaction
+
+log = logging.getLogger(__name__)
+
+#: Independent views fused into the prior: (name, SQL score over ``scored`` joined with ``teacher``; higher = closer).
+FUSION_VIEWS: tuple[tuple[str, str], ...] = (
+    ("dense", "s.s_neg"),
+    ("bm25", "s.bm25"),
+    ("dense_to_positive", "s.sim_to_pos"),
+    ("bm25_to_positive", "s.lex_to_pos"),
+    ("teacher", "t.teacher"),
+    ("cross_encoder", "s.ce_neg"),
+)
+
+#: Features of the learned model: (name, SQL over the feature CTE). One list, used for fitting, predicting and
+#: explaining, so the three can never disagree on what a feature is.
+FEATURES: tuple[tuple[str, str], ...] = (
+    ("prior_log_odds", "-ln(greatest(s.fused_rank, 1))"),
+    ("log_dense_rank", "ln(coalesce(s.rank, 1000))"),
+    ("s_neg", "s.s_neg"),
+    ("delta", "s.s_neg - s.s_pos_min"),
+    ("ratio", "CASE WHEN s.s_pos_min > 0 THEN least(greatest(s.s_neg / s.s_pos_min, -5), 5) ELSE 1 END"),
+    ("sim_to_pos", "coalesce(s.sim_to_pos, 0)"),
+    ("bm25", "coalesce(s.bm25, 0)"),
+    ("log_bm25_rank", "ln(coalesce(s.bm25_rank, 1000))"),
+    ("lex_to_pos", "coalesce(s.lex_to_pos, 0)"),
+    ("teacher_margin", "coalesce(t.teacher - tp.teacher_pos, 0)"),
+    ("has_teacher", "CASE WHEN t.teacher IS NULL THEN 0 ELSE 1 END"),
+    ("ce_margin", "coalesce(s.ce_neg - s.ce_pos, 0)"),
+    ("has_ce", "CASE WHEN s.ce_neg IS NULL THEN 0 ELSE 1 END"),
+    ("log_positives", "ln(greatest(coalesce(tp.n_pos, 1), 1))"),
+)
+
+_TEACHER_CTE = """
+    t AS (SELECT query_id, doc_id, max(source_score) AS teacher FROM candidates
+          WHERE source = 'given' AND source_score IS NOT NULL AND isfinite(source_score) GROUP BY query_id, doc_id),
+    tp AS (SELECT query_id, max(teacher_score) AS teacher_pos, count(*) AS n_pos FROM qrels WHERE relevant
+           GROUP BY query_id)
+"""
+
+#: Per item, the verdict consensus used as a label: more false_negative than true_negative verdicts -> 1, fewer -> 0;
+#: ties and unsure-only items are not labels.
+LABELS_SQL = """
+    SELECT query_id, doc_id, CASE WHEN n_fn > n_tn THEN 1 ELSE 0 END AS y FROM (
+        SELECT query_id, doc_id, count(*) FILTER (WHERE verdict = 'false_negative') AS n_fn,
+               count(*) FILTER (WHERE verdict = 'true_negative') AS n_tn
+        FROM current_verdicts GROUP BY query_id, doc_id)
+    WHERE n_fn <> n_tn
+"""
+
+
+def fused_rank_sql(cfg: RiskConfig = RiskConfig()) -> str:
+    """UPDATE statement filling ``scores.fused_rank`` for ``model = $m`` from the fusion views."""
+    k = int(cfg.rrf_k)
+    ranks = ",\n".join(
+        f"CASE WHEN {expr} IS NULL OR NOT isfinite({expr}) THEN NULL ELSE "
+        f"rank() OVER (PARTITION BY s.query_id ORDER BY {expr} DESC NULLS LAST) END AS r_{name}"
+        for name, expr in FUSION_VIEWS
+    )
+    terms = " + ".join(f"coalesce(1.0 / ({k} + r_{name}), 0)" for name, _ in FUSION_VIEWS)
+    count = " + ".join(f"CASE WHEN r_{name} IS NULL THEN 0 ELSE 1 END" for name, _ in FUSION_VIEWS)
+    return f"""
+        UPDATE scores SET fused_rank = f.fused_rank FROM (
+            SELECT query_id, doc_id, row_number() OVER (
+                       PARTITION BY query_id ORDER BY ({terms}) / greatest({count}, 1) DESC, s_neg DESC, doc_id
+                   ) AS fused_rank
+            FROM (
+                WITH {_TEACHER_CTE}
+                SELECT s.query_id, s.doc_id, s.s_neg, {ranks}
+                FROM scores s LEFT JOIN t USING (query_id, doc_id)
+                WHERE s.model = $m
+            )
+        ) f
+        WHERE scores.model = $m AND scores.query_id = f.query_id AND scores.doc_id = f.doc_id
+    """
+
+
+def update_fused_rank(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig = RiskConfig()) -> None:
+    """Recompute the fused rank of every candidate of ``model`` (after mining or a cross-encoder run)."""
+    con.execute(fused_rank_sql(cfg), {"m": model})
+
+
+def features_sql() -> str:
+    """SELECT of query_id, doc_id, prior and every feature, for ``model = $m``."""
+    cols = ", ".join(f"({expr})::DOUBLE AS {name}" for name, expr in FEATURES)
+    return f"""
+        WITH {_TEACHER_CTE}
+        SELECT s.query_id, s.doc_id, 1.0 / (1 + coalesce(s.fused_rank, 1000)) AS prior, {cols}
+        FROM scored s LEFT JOIN t USING (query_id, doc_id) LEFT JOIN tp USING (query_id)
+        WHERE s.model = $m
+    """
+
+
+@dataclass
+class FitSummary:
+    """What one fit saw and did (printed by the CLI, shown by the app)."""
+
+    model: str
+    fit_id: int | None = None
+    n_labels: int = 0
+    n_false_negative: int = 0
+    blend: float = 0.0  #: weight of the fitted classifier (0 = prior only)
+    candidates: int = 0
+    propagated: int = 0
+    last_event_id: int = 0
+    coefficients: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+def last_event_id(con: duckdb.DuckDBPyConnection) -> int:
+    return int(con.execute("SELECT coalesce(max(event_id), 0) FROM verdicts").fetchall()[0][0])
+
+
+def current_fit(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, Any] | None:
+    """The newest fit of ``model`` (the one whose ``risk`` rows are in force), or None before any."""
+    cur = con.execute(
+        "SELECT fit_id, created_at, last_event_id, n_labels, n_false_negative, blend, params FROM risk_fits "
+        "WHERE model = ? ORDER BY fit_id DESC LIMIT 1",
+        [model],
+    )
+    rows = cur.fetchall()
+    if not rows:
+        return None
+    out = dict(zip([d[0] for d in cur.description], rows[0]))
+    out["params"] = json.loads(out["params"])
+    return out
+
+
+def is_stale(con: duckdb.DuckDBPyConnection, model: str) -> bool:
+    """True when verdicts arrived after the fit in force (or nothing was fitted yet)."""
+    fit = current_fit(con, model)
+    return fit is None or fit["last_event_id"] < last_event_id(con)
+
+
+def fit(
+    con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig = RiskConfig(), *, in_transaction: bool = False
+) -> FitSummary:
+    """Fit on the verdicts in force, write ``risk`` for every scored candidate of ``model``, record the fit.
+
+    With ``in_transaction`` the caller holds the transaction (mining writes scores, bands and risk together).
+    """
+    summary = FitSummary(model=model, last_event_id=last_event_id(con))
+    data = con.execute(
+        f"SELECT f.*, l.y FROM ({features_sql()}) f LEFT JOIN ({LABELS_SQL}) l USING (query_id, doc_id) "
+        "ORDER BY f.query_id, f.doc_id",
+        {"m": model},
+    ).fetchnumpy()
+    n = len(data["query_id"])
+    summary.candidates = n
+    prior = np.asarray(data["prior"], dtype=np.float64)
+    p = prior.copy()
+    origin = np.full(n, "prior", dtype=object)
+    labeled = ~np.ma.getmaskarray(data["y"]) if np.ma.isMaskedArray(data["y"]) else ~np.isnan(
+        np.asarray(data["y"], dtype=np.float64))
+    idx = np.flatnonzero(labeled)
+    y = np.asarray(data["y"][idx], dtype=np.int64)
+    summary.n_labels, summary.n_false_negative = len(y), int(y.sum())
+    params: dict[str, Any] = {"features": [name for name, _ in FEATURES], "config": cfg.__dict__}
+    if len(y) >= cfg.min_labels and min(y.sum(), len(y) - y.sum()) >= cfg.min_per_class:
+        X = np.column_stack([np.asarray(data[name], dtype=np.float64) for name, _ in FEATURES])
+        X = np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
+        mean, scale = X[idx].mean(axis=0), X[idx].std(axis=0)
+        scale[scale == 0] = 1.0
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=cfg.regularization, max_iter=1000)
+        clf.fit((X[idx] - mean) / scale, y)
+        fitted = clf.predict_proba((X - mean) / scale)[:, 1]
+        summary.blend = len(y) / (len(y) + cfg.prior_weight)
+        p = summary.blend * fitted + (1 - summary.blend) * prior
+        origin[:] = "model"
+        summary.coefficients = {name: float(c) for (name, _), c in zip(FEATURES, clf.coef_[0])}
+        params.update(intercept=float(clf.intercept_[0]), coef=clf.coef_[0].tolist(), mean=mean.tolist(),
+                      scale=scale.tolist())
+    else:
+        summary.note = (f"prior only: a classifier needs {cfg.min_labels} labeled items with at least "
+                        f"{cfg.min_per_class} of each verdict (have {len(y)}, {int(y.sum())} false negatives)")
+    if len(y):
+        p[idx] = y
+        origin[idx] = "verdict"
+
+    def write() -> None:
+        fit_id = con.execute(
+            "INSERT INTO risk_fits (model, last_event_id, n_labels, n_false_negative, blend, params) "
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING fit_id",
+            [model, summary.last_event_id, summary.n_labels, summary.n_false_negative, summary.blend,
+             json.dumps(params)],
+        ).fetchall()[0][0]
+        summary.fit_id = int(fit_id)
+        con.execute("DELETE FROM risk WHERE model = ?", [model])
+        table = pa.table({
+            "query_id": pa.array(data["query_id"], pa.string()), "doc_id": pa.array(data["doc_id"], pa.string()),
+            "prior": prior, "p_fn": p, "origin": pa.array(origin.tolist(), pa.string()),
+        })
+        con.register("_risk_rows", table)
+        try:
+            con.execute(
+                "INSERT INTO risk SELECT $m, query_id, doc_id, prior, p_fn, origin, $f FROM _risk_rows",
+                {"m": model, "f": summary.fit_id},
+            )
+        finally:
+            con.unregister("_risk_rows")
+        summary.propagated = _propagate(con, model, cfg)
+
+    if in_transaction:
+        write()
+    else:
+        with transaction(con):
+            write()
+    return summary
+
+
+def _propagate(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig) -> int:
+    """Lift the risk of near-duplicates of confirmed false negatives (same query, or near-duplicate queries)."""
+    parts = []
+    if cfg.propagate_doc is not None:
+        parts.append(f"""
+            SELECT r.query_id, r.doc_id, list_cosine_similarity(ef.vector, ec.vector) AS sim
+            FROM fn JOIN risk r ON r.model = $m AND r.query_id = fn.query_id AND r.doc_id <> fn.doc_id
+            JOIN documents df ON df.doc_id = fn.doc_id JOIN documents dc ON dc.doc_id = r.doc_id
+            JOIN embeddings ef ON ef.model = $m AND ef.role = 'document' AND ef.text_hash = df.text_hash
+            JOIN embeddings ec ON ec.model = $m AND ec.role = 'document' AND ec.text_hash = dc.text_hash
+            WHERE list_cosine_similarity(ef.vector, ec.vector) >= {float(cfg.propagate_doc)!r}""")
+    if cfg.propagate_query is not None:
+        parts.append(f"""
+            SELECT r.query_id, r.doc_id, list_cosine_similarity(eq.vector, eo.vector) AS sim
+            FROM fn JOIN risk r ON r.model = $m AND r.doc_id = fn.doc_id AND r.query_id <> fn.query_id
+            JOIN queries qf ON qf.query_id = fn.query_id JOIN queries qo ON qo.query_id = r.query_id
+            JOIN embeddings eq ON eq.model = $m AND eq.role = 'query' AND eq.text_hash = qf.text_hash
+            JOIN embeddings eo ON eo.model = $m AND eo.role = 'query' AND eo.text_hash = qo.text_hash
+            WHERE list_cosine_similarity(eq.vector, eo.vector) >= {float(cfg.propagate_query)!r}""")
+    if not parts:
+        return 0
+    lifted = con.execute(
+        f"""
+        UPDATE risk SET p_fn = near.sim, origin = 'propagated' FROM (
+            WITH fn AS (SELECT query_id, doc_id FROM ({LABELS_SQL}) WHERE y = 1)
+            SELECT query_id, doc_id, max(sim) AS sim FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL
+        ) near
+        WHERE risk.model = $m AND risk.query_id = near.query_id AND risk.doc_id = near.doc_id
+          AND risk.origin <> 'verdict' AND risk.p_fn < near.sim
+        """,
+        {"m": model},
+    ).fetchall()
+    return int(lifted[0][0]) if lifted else 0
+
+
+def refit_if_stale(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig = RiskConfig()) -> FitSummary | None:
+    """Refit when verdicts arrived since the fit in force; None when it is current."""
+    return fit(con, model, cfg) if is_stale(con, model) else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# explaining one item in words (the Review page and `auditor queue --texts`)
+
+
+def item_features(con: duckdb.DuckDBPyConnection, model: str, query_id: str, doc_id: str) -> dict[str, Any] | None:
+    """Feature values, prior, P(false negative) and its origin for one candidate."""
+    cur = con.execute(
+        f"""SELECT f.*, r.p_fn, r.origin, s.rank, s.bm25_rank, s.sim_to_pos, s.lex_to_pos, s.fused_rank,
+                   s.s_neg >= s.s_pos_min AS above_positive, rf.n_labels
+            FROM ({features_sql()}) f
+            JOIN scores s ON s.model = $m AND s.query_id = f.query_id AND s.doc_id = f.doc_id
+            LEFT JOIN risk r ON r.model = $m AND r.query_id = f.query_id AND r.doc_id = f.doc_id
+            LEFT JOIN risk_fits rf ON rf.fit_id = r.fit_id
+            WHERE f.query_id = $q AND f.doc_id = $d""",
+        {"m": model, "q": query_id, "d": doc_id},
+    )
+    rows = cur.fetchall()
+    return dict(zip([d[0] for d in cur.description], rows[0])) if rows else None
+
+
+def drivers(f: dict[str, Any]) -> list[str]:
+    """What drove an item's risk, in words an annotator understands (most telling first)."""
+    out: list[str] = []
+    if f.get("origin") == "verdict":
+        out.append("already judged")
+    if f.get("origin") == "propagated":
+        out.append("near-duplicate of a confirmed false negative")
+    rank, brank = f.get("rank"), f.get("bm25_rank")
+    top = 5
+    if rank is not None and brank is not None and rank <= top and brank <= top:
+        out.append(f"both retrievers put it in their top {top} (dense #{rank}, BM25 #{brank})")
+    elif rank is not None and rank <= top:
+        out.append(f"the dense model's #{rank}")
+    elif brank is not None and brank <= top:
+        out.append(f"BM25's #{brank}")
+    sim = f.get("sim_to_pos")
+    if sim is not None and sim >= 0.8:
+        out.append(f"near-duplicate of the positive (cosine {sim:.2f})")
+    elif sim is not None and sim >= 0.7:
+        out.append(f"close to the positive (cosine {sim:.2f})")
+    lex = f.get("lex_to_pos")
+    if lex is not None and lex >= 0.3:
+        out.append(f"shares many words with the positive ({100 * lex:.0f}% of its self-match)")
+    if f.get("above_positive"):
+        out.append("scores at or above the positive")
+    if f.get("has_teacher") and (f.get("teacher_margin") or 0) >= 0:
+        out.append("the teacher scored it at or above the positive")
+    if f.get("has_ce") and (f.get("ce_margin") or 0) >= 0:
+        out.append("the cross-encoder scored it at or above the positive")
+    if not out and f.get("fused_rank") is not None:
+        out.append(f"#{f['fused_rank']} of its query when the views are combined")
+    if f.get("origin") == "model" and f.get("n_labels"):
+        out.append(f"calibrated on {f['n_labels']} verdicts")
+    return out
+
+
+def describe(p: float | None) -> str:
+    """P(false negative) as a short label."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "not estimated"
+    return f"{100 * p:.0f}%" if p >= 0.01 else "<1%"
