@@ -12,9 +12,10 @@ behind a weaker label):
 5. ``absolute_margin``  ``s_neg >= s_pos - absolute_margin``           (*)
 6. ``absolute_cap``     ``s_neg >= absolute_cap``
 7. ``top_rank``         ``rank <= top_rank`` in the model's search
-8. ``easy_rank``        rank beyond ``easy_rank`` (or not ranked within the mined depth) -> too easy
-9. ``simans``           SimANS weight ``exp(-a (delta - b)^2) >= ambiguous_min_weight`` -> ambiguous
-10. ``low_weight``      everything else -> too easy
+8. ``consensus``        ``fused_rank <= consensus_rank``: near the top of the fused independent views (auditor.risk)
+9. ``easy_rank``        rank beyond ``easy_rank`` (or not ranked within the mined depth) -> too easy
+10. ``simans``          SimANS weight ``exp(-a (delta - b)^2) >= ambiguous_min_weight`` -> ambiguous
+11. ``low_weight``      everything else -> too easy
 
 ``s_pos`` is the anchor column chosen by ``BandConfig.anchor`` (minimum over positives by default). Rules marked
 (*) compare against the positive and apply only where it is a usable anchor: outscored by at most
@@ -33,6 +34,7 @@ from auditor.store import StoreError, transaction
 
 SUSPICIOUS_RULES = (
     "inversion", "near_duplicate", "cross_encoder", "relative_margin", "absolute_margin", "absolute_cap", "top_rank",
+    "consensus",
 )
 RULE_ORDER = SUSPICIOUS_RULES + ("easy_rank", "simans", "low_weight")
 BANDS = ("suspicious", "ambiguous", "too_easy")
@@ -40,6 +42,7 @@ BANDS = ("suspicious", "ambiguous", "too_easy")
 #: Columns of the ``scored`` view that `histogram` accepts (plus ``weight`` from ``bands``).
 HISTOGRAM_COLUMNS = (
     "s_neg", "s_pos_min", "s_pos_mean", "s_pos_max", "delta", "ratio", "sim_to_pos", "rank", "ce_neg", "ce_pos",
+    "bm25", "bm25_rank", "lex_to_pos", "fused_rank",
 )
 
 _LATEST_MODEL_KEY = "latest_scored_model"
@@ -76,7 +79,7 @@ def validate(cfg: BandConfig) -> BandConfig:
     _num(cfg.simans_b)
     if not 0 <= cfg.ambiguous_min_weight <= 1:
         raise ValueError(f"ambiguous_min_weight must be within [0, 1], got {cfg.ambiguous_min_weight}")
-    for name in ("easy_rank", "top_rank"):
+    for name in ("easy_rank", "top_rank", "consensus_rank"):
         v = getattr(cfg, name)
         if v is not None and int(v) < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
@@ -106,6 +109,8 @@ def band_sql(cfg: BandConfig) -> tuple[str, str, str]:
         whens.append(f"WHEN s_neg >= {_num(cfg.absolute_cap)} THEN 'absolute_cap'")
     if cfg.top_rank is not None:
         whens.append(f"WHEN rank <= {int(cfg.top_rank)} THEN 'top_rank'")
+    if cfg.consensus_rank is not None:
+        whens.append(f"WHEN fused_rank <= {int(cfg.consensus_rank)} THEN 'consensus'")
     if cfg.easy_rank is not None:
         whens.append(f"WHEN rank IS NULL OR rank > {int(cfg.easy_rank)} THEN 'easy_rank'")
     whens.append(f"WHEN {weight} >= {_num(cfg.ambiguous_min_weight)} THEN 'simans'")

@@ -64,6 +64,7 @@ class BandConfig:
       * ``s_neg >= absolute_cap``                        (absolute cap)
       * ``rank <= top_rank``                             (the very top of the model's search, where unlabeled
                                                           positives concentrate: CET, pooling bias)
+      * ``fused_rank <= consensus_rank``                 (near the top of several independent views at once)
     ambiguous when not suspicious and ``exp(-simans_a * (delta - simans_b)**2) >= ambiguous_min_weight``
     too easy otherwise (including rank beyond ``easy_rank``).
 
@@ -89,6 +90,9 @@ class BandConfig:
     ambiguous_min_weight: float = 0.3
     easy_rank: int | None = None  #: candidates ranked beyond this are too easy whatever their score
     top_rank: int | None = 7  #: candidates ranked at or above this are suspicious
+    #: candidates within this fused rank of their query (dense, BM25 and closeness to the positive combined, see
+    #: auditor.risk) are suspicious; 19 flags what the default export skips before any verdict (prior P > 0.05)
+    consensus_rank: int | None = None
     anchor_max_outscored: int | None = 20  #: see above; None = positive-relative rules everywhere
 
     def to_json(self) -> str:
@@ -150,7 +154,7 @@ class RiskConfig:
 class ReviewConfig:
     """Defaults of the review queue."""
 
-    mode: str = "risk"  #: risk (highest false-negative risk first) | stratified (random per band)
+    mode: str = "export"  #: export (what the export would write, riskiest first) | risk | stratified (per band)
     #: share of items routed to a second annotator, for agreement (Cohen's kappa); AUDITOR_DOUBLE_ANNOTATION sets it
     #: for a whole app (`auditor app --double-annotation 0.1`)
     double_annotation: float = float(os.environ.get("AUDITOR_DOUBLE_ANNOTATION", "0") or 0)

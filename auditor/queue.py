@@ -263,12 +263,18 @@ def _export_table(con: duckdb.DuckDBPyConnection, selection: Selection, model: s
     def select(restricted: bool) -> pa.Table:
         settle(con)
         sel = selection.sql(con, model, queries="_dirty_queries" if restricted else None)
+        # The selection carries band, rule, weight, rank, sources and p_fn already: only the scores are joined.
         return con.sql(
             f"""
-            SELECT i.*, e.slot, NULL::UBIGINT AS rkey, NULL::BIGINT AS band_pos, NULL::BIGINT AS band_size
-            FROM ({sel}) e JOIN ({_items_sql(only if restricted else "")}) i USING (query_id, doc_id)
+            SELECT e.query_id, e.doc_id, e.band, e.rule, e.weight, {BAND_LEVEL_SQL.format(b="e.band")} AS band_level,
+                   s.s_neg, s.s_pos_min, s.s_pos_max, s.delta, s.ratio, e.rank, e.p_fn,
+                   string_split(e.source, ',') AS sources, e.slot,
+                   NULL::UBIGINT AS rkey, NULL::BIGINT AS band_pos, NULL::BIGINT AS band_size
+            FROM ({sel}) e
+            JOIN (SELECT * FROM scored WHERE model = $m {only if restricted else ""}) s
+                 ON s.query_id = e.query_id AND s.doc_id = e.doc_id
             """,
-            params={"c": selection.config, "m": model},
+            params={"m": model},
         ).to_arrow_table()
 
     def build() -> tuple[pa.Table, int]:
@@ -281,9 +287,10 @@ def _export_table(con: duckdb.DuckDBPyConnection, selection: Selection, model: s
         with entry.lock:  # one patcher per snapshot; the others wait and find it patched
             newest = _last_event(con)
             if newest > entry.event_id:
-                dirty = con.execute(
-                    "SELECT DISTINCT query_id FROM verdicts WHERE event_id > ?", [entry.event_id]
-                ).arrow()
+                settle(con)
+                dirty = con.sql(
+                    "SELECT DISTINCT query_id FROM verdicts WHERE event_id > $e", params={"e": entry.event_id}
+                ).to_arrow_table()
                 con.register("_dirty_queries", dirty)
                 try:
                     fresh = select(True)

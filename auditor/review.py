@@ -282,7 +282,15 @@ def item_context(
         [query_id, doc_id],
     )
     vnames = [d[0] for d in verdicts_cur.description]
+    from auditor.risk import drivers, item_features
+
+    features = item_features(con, model, query_id, doc_id)
+    risk = None
+    if features is not None:
+        risk = {"p_fn": features.get("p_fn"), "origin": features.get("origin"), "prior": features.get("prior"),
+                "n_labels": features.get("n_labels"), "drivers": drivers(features)}
     return {
+        "risk": risk,
         "query_id": query_id,
         "query": q[0][0],
         "prompt": q[0][1],

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,8 +73,9 @@ FEATURES: tuple[tuple[str, str], ...] = (
 
 _TEACHER_CTE = """
     t AS (SELECT query_id, doc_id, max(source_score) AS teacher FROM candidates
-          WHERE source = 'given' AND source_score IS NOT NULL AND isfinite(source_score) GROUP BY query_id, doc_id),
-    tp AS (SELECT query_id, max(teacher_score) AS teacher_pos, count(*) AS n_pos FROM qrels WHERE relevant
+          WHERE source = 'given' AND source_score IS NOT NULL AND isfinite(source_score) {only}
+          GROUP BY query_id, doc_id),
+    tp AS (SELECT query_id, max(teacher_score) AS teacher_pos, count(*) AS n_pos FROM qrels WHERE relevant {only}
            GROUP BY query_id)
 """
 
@@ -104,7 +106,7 @@ def fused_rank_sql(cfg: RiskConfig = RiskConfig()) -> str:
                        PARTITION BY query_id ORDER BY ({terms}) / greatest({count}, 1) DESC, s_neg DESC, doc_id
                    ) AS fused_rank
             FROM (
-                WITH {_TEACHER_CTE}
+                WITH {_TEACHER_CTE.format(only="")}
                 SELECT s.query_id, s.doc_id, s.s_neg, {ranks}
                 FROM scores s LEFT JOIN t USING (query_id, doc_id)
                 WHERE s.model = $m
@@ -119,14 +121,15 @@ def update_fused_rank(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfi
     con.execute(fused_rank_sql(cfg), {"m": model})
 
 
-def features_sql() -> str:
-    """SELECT of query_id, doc_id, prior and every feature, for ``model = $m``."""
+def features_sql(only: str = "") -> str:
+    """SELECT of query_id, doc_id, prior and every feature, for ``model = $m``; ``only`` (e.g. ``AND query_id =
+    $q``) is added to every scan, so one item's features do not aggregate whole tables."""
     cols = ", ".join(f"({expr})::DOUBLE AS {name}" for name, expr in FEATURES)
     return f"""
-        WITH {_TEACHER_CTE}
+        WITH {_TEACHER_CTE.format(only=only)}
         SELECT s.query_id, s.doc_id, 1.0 / (1 + coalesce(s.fused_rank, 1000)) AS prior, {cols}
-        FROM scored s LEFT JOIN t USING (query_id, doc_id) LEFT JOIN tp USING (query_id)
-        WHERE s.model = $m
+        FROM (SELECT * FROM scored WHERE model = $m {only}) s
+        LEFT JOIN t USING (query_id, doc_id) LEFT JOIN tp USING (query_id)
     """
 
 
@@ -289,6 +292,54 @@ def refit_if_stale(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig =
     return fit(con, model, cfg) if is_stale(con, model) else None
 
 
+class BackgroundRefit:
+    """Refits a store's risk in a background thread once ``refit_every`` verdicts arrived since the fit in force.
+
+    The app calls :meth:`notify` after each verdict; the annotator never waits for a fit. One fit runs at a time; the
+    thread also rebuilds the export queue's snapshot for the new fit, so the next item is served from a warm table.
+    ``cursor`` returns a DuckDB cursor usable in the calling thread (``SharedStore.cursor``).
+    """
+
+    def __init__(self, cursor: Any, cfg: RiskConfig = RiskConfig()) -> None:
+        self._cursor, self.cfg = cursor, cfg
+        self._running = threading.Lock()
+        self.fits = 0  #: fits finished by this object (for tests and the app's status line)
+        self.last_error: str | None = None
+
+    def due(self, con: duckdb.DuckDBPyConnection, model: str) -> bool:
+        fit_row = current_fit(con, model)
+        seen = fit_row["last_event_id"] if fit_row else 0
+        new = con.execute(
+            "SELECT count(*) FROM verdicts WHERE event_id > ? AND verdict <> 'undo'", [seen]
+        ).fetchall()[0][0]
+        return new >= self.cfg.refit_every
+
+    def notify(self, model: str, wait: bool = False) -> bool:
+        """Start a refit of ``model`` if one is due and none is running; True when one was started."""
+        if not self.due(self._cursor(), model) or not self._running.acquire(blocking=False):
+            return False
+        thread = threading.Thread(target=self._work, args=(model,), daemon=True, name="auditor-refit")
+        thread.start()
+        if wait:
+            thread.join()
+        return True
+
+    def _work(self, model: str) -> None:
+        try:
+            con = self._cursor()
+            fit(con, model, self.cfg)
+            from auditor.queue import build_queue
+
+            build_queue(con, mode="export", model=model, limit=1)  # warm the snapshot for the new fit
+            self.fits += 1
+            self.last_error = None
+        except Exception as exc:  # noqa: BLE001 - a failed background fit leaves the old risk in force
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("background risk refit failed: %s", self.last_error)
+        finally:
+            self._running.release()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # explaining one item in words (the Review page and `auditor queue --texts`)
 
@@ -298,11 +349,13 @@ def item_features(con: duckdb.DuckDBPyConnection, model: str, query_id: str, doc
     cur = con.execute(
         f"""SELECT f.*, r.p_fn, r.origin, s.rank, s.bm25_rank, s.sim_to_pos, s.lex_to_pos, s.fused_rank,
                    s.s_neg >= s.s_pos_min AS above_positive, rf.n_labels
-            FROM ({features_sql()}) f
-            JOIN scores s ON s.model = $m AND s.query_id = f.query_id AND s.doc_id = f.doc_id
-            LEFT JOIN risk r ON r.model = $m AND r.query_id = f.query_id AND r.doc_id = f.doc_id
+            FROM ({features_sql("AND query_id = $q")}) f
+            JOIN (SELECT * FROM scores WHERE model = $m AND query_id = $q AND doc_id = $d) s
+                 ON s.query_id = f.query_id AND s.doc_id = f.doc_id
+            LEFT JOIN (SELECT * FROM risk WHERE model = $m AND query_id = $q AND doc_id = $d) r
+                 ON r.query_id = f.query_id AND r.doc_id = f.doc_id
             LEFT JOIN risk_fits rf ON rf.fit_id = r.fit_id
-            WHERE f.query_id = $q AND f.doc_id = $d""",
+            WHERE f.doc_id = $d""",
         {"m": model, "q": query_id, "d": doc_id},
     )
     rows = cur.fetchall()

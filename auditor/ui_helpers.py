@@ -57,6 +57,11 @@ def explain_rule(rule: str | None, candidate: dict[str, Any], cfg: BandConfig | 
             f"ranked {candidate.get('rank')} in the model's search: within the top {cfg.top_rank}, where unlabeled "
             "positives concentrate"
         )
+    if rule == "consensus":
+        return (
+            f"#{candidate.get('fused_rank')} of its query once the dense model, BM25 and closeness to the positive "
+            f"are combined: within the top {cfg.consensus_rank}, where several independent views agree"
+        )
     if rule == "easy_rank":
         return f"ranked {candidate.get('rank')}, beyond rank {cfg.easy_rank}: too easy whatever its score"
     if rule in ("simans", "low_weight", "ambiguous", "too_easy", "margin"):

@@ -1,21 +1,29 @@
-"""Does the risk-ordered review queue find hidden positives faster than random review, and does review clean the export?
+"""Does review clean what gets exported? An annotator simulated from an answer key, working the default queue.
 
-Cranfield with one positive kept per query and the others hidden (the answer key), run end to end through the CLI:
-hide-positives -> ingest -> mine -> export (before) -> queue --json (first N items) -> answers from the answer key ->
-`auditor verdicts import` -> export (after). Compares the hidden positives among the first N queue items with N
-mined candidates drawn at random (seeded), and the hidden positives among the exported negatives before and after.
+Cranfield with one positive kept per query and the others hidden (the answer key), run end to end through the CLI,
+as a user (or our held-out evaluation) would:
 
-    python bench/review_yield.py [--items 200] [--negatives 5] [--seed 42] [--workdir DIR]
+    hide-positives -> ingest -> mine -> export --format ntuple --negatives N      (before review)
+    10 rounds: queue --annotator sim --limit 20 --json -> answers from the key -> verdicts import   (refits the risk)
+    export --format ntuple --negatives N                                           (after review)
 
-Targets (issue 5): queue >= 2x random; fewer hidden positives in the export after review.
+Each export is read back from its file (negative texts mapped to document ids) and judged at equal hardness: its
+share of hidden positives, its mean query-negative cosine, and the frontier ratio against the rank-window baseline
+(auditor.frontier). Also printed: hidden positives found by the review, per band precision and recall of hidden
+positives before and after review, and the same figures on each half of the queries.
+
+    python bench/review_yield.py [--rounds 10] [--per-round 20] [--negatives 5] [--seed 42] [--workdir DIR]
+
+Targets (issue 9): automatic export frontier ratio <= 0.60 with every query kept and mean s_neg >= 0.50; after 200
+verdicts from the default queue <= 0.40.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -27,32 +35,64 @@ sys.path.insert(0, str(ROOT))
 
 
 def auditor(*args: str) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-m", "auditor", *args], capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise SystemExit(f"auditor {' '.join(args)} failed:\n{res.stderr}")
     return res.stdout
 
 
-def hidden_in_export(path: Path, key: set[tuple[str, str]]) -> tuple[int, int]:
-    """(hidden positives among exported negatives, negatives exported), from a rich export."""
-    hits = total = 0
+def read_export(path: Path, db: Path) -> list[tuple[str, str]]:
+    """(query_id, doc_id) of every negative in an ntuple export, mapped back from texts as an outside judge would."""
+    from auditor.mine import doc_text_sql
+    from auditor.store import open_store
+
+    con = open_store(db, read_only=True)
+    try:
+        doc_of = {t: d for d, t in con.execute(f"SELECT doc_id, {doc_text_sql()} FROM documents").fetchall()}
+        query_of = {t: q for q, t in con.execute("SELECT query_id, text FROM queries").fetchall()}
+    finally:
+        con.close()
+    pairs = []
     for line in path.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        for neg in row["negatives"]:
-            total += 1
-            hits += (row["query_id"], neg["doc_id"]) in key
-    return hits, total
+        q = query_of[row["query"]]
+        pairs += [(q, doc_of[t]) for t in row["neg"]]
+    return pairs
+
+
+def judge(pairs: list[tuple[str, str]], key: set, ranking: dict, curve: list, queries: set | None = None) -> dict:
+    """Contamination, mean cosine, frontier ratio and queries kept of exported (query, negative) pairs."""
+    import numpy as np
+
+    from auditor.frontier import baseline_at, frontier_ratio
+
+    s_of = {(q, d): s for q, d, s in zip(ranking["query_id"], ranking["doc_id"], ranking["s"])}
+    if queries is not None:
+        pairs = [p for p in pairs if p[0] in queries]
+    hits = sum(p in key for p in pairs)
+    cos = [s_of.get(p) for p in pairs]
+    known = [c for c in cos if c is not None]
+    mean_s = float(np.mean(known)) if known else None
+    share = hits / len(pairs) if pairs else None
+    return {"negatives": len(pairs), "hidden": hits, "contamination": share, "mean_s": mean_s,
+            "queries": len({q for q, _ in pairs}), "rank_cut": baseline_at(curve, mean_s) if mean_s else None,
+            "ratio": frontier_ratio(curve, share, mean_s)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--items", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--per-round", type=int, default=20)
     ap.add_argument("--negatives", type=int, default=5)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--workdir", help="keep files here (default: a temporary folder)")
+    ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = ap.parse_args()
+    n = str(args.negatives)
 
+    from auditor.evaluate import evaluate
+    from auditor.frontier import baseline_curve, dense_ranking
     from auditor.planted import read_answer_key
     from auditor.store import open_store
 
@@ -69,56 +109,81 @@ def main() -> None:
     auditor("mine", "--db", str(db))
     t_mined = time.perf_counter()
 
-    before = work / "before.jsonl"
-    auditor("export", "--db", str(db), "--out", str(before), "--format", "rich", "--negatives", str(args.negatives),
-            "--seed", str(args.seed))
-
-    queue = json.loads(auditor("queue", "--db", str(db), "--limit", str(args.items), "--json"))
-    queue_hits = sum((it["query_id"], it["doc_id"]) in key for it in queue)
-
     con = open_store(db, read_only=True)
-    try:
-        mined = con.execute(
-            "SELECT DISTINCT query_id, doc_id FROM candidates WHERE source <> 'given' ORDER BY query_id, doc_id"
-        ).fetchall()
-        bands_in_queue = {}
-        for it in queue:
-            bands_in_queue[it["band"]] = bands_in_queue.get(it["band"], 0) + 1
-    finally:
-        con.close()
-    rng = random.Random(args.seed)
-    sample = rng.sample(mined, min(args.items, len(mined)))
-    random_hits = sum(tuple(x) in key for x in sample)
-    # expected hits of a random draw, for a seed-free comparison
-    expected_random = args.items * sum(tuple(x) in key for x in mined) / len(mined)
+    ranking = dense_ranking(con, "all-MiniLM-L6-v2", 100)
+    all_queries = sorted({q for q, _ in con.execute("SELECT query_id, doc_id FROM qrels WHERE relevant").fetchall()})
+    before_eval = evaluate(con, sorted(key), negatives=args.negatives)
+    con.close()
+    curve = baseline_curve(ranking, key, n=args.negatives)
+    halves = [
+        {q for q in all_queries if int(hashlib.md5(q.encode()).hexdigest(), 16) % 2 == h} for h in (0, 1)
+    ]
+    half_curves = [baseline_curve(ranking, key, n=args.negatives, queries=h) for h in halves]
 
-    answers = work / "answers.jsonl"
-    with open(answers, "w", encoding="utf-8") as fh:
-        for it in queue:
-            hit = (it["query_id"], it["doc_id"]) in key
-            fh.write(json.dumps({"query_id": it["query_id"], "doc_id": it["doc_id"],
-                                 "verdict": "false_negative" if hit else "true_negative"}) + "\n")
-    auditor("verdicts", "import", str(answers), "--db", str(db), "--annotator", "answer-key")
+    before_file = work / "before.jsonl"
+    auditor("export", "--db", str(db), "--out", str(before_file), "--format", "ntuple", "--negatives", n)
+    before = read_export(before_file, db)
 
-    after = work / "after.jsonl"
-    auditor("export", "--db", str(db), "--out", str(after), "--format", "rich", "--negatives", str(args.negatives),
-            "--seed", str(args.seed))
-    hb, nb = hidden_in_export(before, key)
-    ha, na = hidden_in_export(after, key)
+    found = reviewed = 0
+    t_review = time.perf_counter()
+    for r in range(args.rounds):
+        items = json.loads(auditor("queue", "--db", str(db), "--annotator", "sim", "--limit", str(args.per_round),
+                                   "--json"))
+        if not items:
+            print(f"round {r + 1}: the queue is empty")
+            break
+        answers = work / f"answers-{r + 1}.jsonl"
+        with open(answers, "w", encoding="utf-8") as fh:
+            for it in items:
+                hit = (it["query_id"], it["doc_id"]) in key
+                found += hit
+                reviewed += 1
+                fh.write(json.dumps({"query_id": it["query_id"], "doc_id": it["doc_id"],
+                                     "verdict": "false_negative" if hit else "true_negative"}) + "\n")
+        auditor("verdicts", "import", str(answers), "--db", str(db), "--annotator", "sim")
+    t_reviewed = time.perf_counter()
 
-    print(f"Cranfield, 1 positive kept per query, {len(key)} hidden positives; {len(mined)} mined candidates "
-          f"(ingest + mine {t_mined - t0:.0f} s)")
-    print(f"review of the first {len(queue)} risk-queue items  : {queue_hits} hidden positives found "
-          f"({100 * queue_hits / max(len(queue), 1):.1f}%)  bands {bands_in_queue}")
-    print(f"{len(sample)} mined candidates drawn at random  : {random_hits} hidden positives "
-          f"(expected {expected_random:.1f})")
-    ratio = queue_hits / random_hits if random_hits else float("inf")
-    print(f"yield ratio queue / random                 : {ratio:.2f}x  (target >= 2x)")
-    print(f"export of {args.negatives} negatives per query, before review : {hb} hidden positives among {nb} negatives "
-          f"({100 * hb / max(nb, 1):.2f}%)")
-    print(f"export of {args.negatives} negatives per query, after review  : {ha} hidden positives among {na} negatives "
-          f"({100 * ha / max(na, 1):.2f}%)  (target: fewer than before)")
+    after_file = work / "after.jsonl"
+    auditor("export", "--db", str(db), "--out", str(after_file), "--format", "ntuple", "--negatives", n)
+    after = read_export(after_file, db)
+    con = open_store(db, read_only=True)
+    after_eval = evaluate(con, sorted(key), negatives=args.negatives)
+    con.close()
+
+    n_queries = len(all_queries)
+    rows = {"before review": judge(before, key, ranking, curve), "after review": judge(after, key, ranking, curve)}
+    print(f"Cranfield, 1 positive kept per query, {len(key)} hidden positives, {n_queries} queries "
+          f"(hide + ingest + mine {t_mined - t0:.0f} s; {args.rounds} review rounds {t_reviewed - t_review:.0f} s)")
+    print(f"review: {reviewed} items from the default (export-aware) queue, {found} hidden positives confirmed")
+    print(f"\nexport --format ntuple --negatives {n}, read back from the file:")
+    print(f"{'':<14} {'negatives':>9} {'hidden':>7} {'FN share':>8} {'mean s_neg':>10} {'rank cut':>8} "
+          f"{'ratio':>6} {'queries kept':>12}")
+    for name, r in rows.items():
+        print(f"{name:<14} {r['negatives']:>9} {r['hidden']:>7} {100 * r['contamination']:>7.1f}% "
+              f"{r['mean_s']:>10.3f} {100 * r['rank_cut']:>7.1f}% {r['ratio']:>6.2f} "
+              f"{100 * r['queries'] / n_queries:>11.1f}%")
+    for i, (h, hc) in enumerate(zip(halves, half_curves)):
+        b, a = judge(before, key, ranking, hc, h), judge(after, key, ranking, hc, h)
+        print(f"  half {i + 1} ({len(h)} queries): before {100 * b['contamination']:.1f}% @ {b['mean_s']:.3f} ratio "
+              f"{b['ratio']:.2f}; after {100 * a['contamination']:.1f}% @ {a['mean_s']:.3f} ratio {a['ratio']:.2f}")
+    print("\nhidden positives per band (default bands) and above the risk threshold, before -> after review:")
+    print(f"{'':<14} {'candidates':>10} {'hidden':>7} {'precision':>9} {'recall':>7}")
+    views = [(b, before_eval["bands"][b], after_eval["bands"][b]) for b in before_eval["bands"]]
+    views.append((f"P(FN) > {before_eval['above_max_risk']['max_risk']}", before_eval["above_max_risk"],
+                  after_eval["above_max_risk"]))
+    for name, b, a in views:
+        def fmt(x):
+            return "-" if x is None else f"{100 * x:.1f}%"
+        print(f"{name:<14} {b['candidates']:>5} -> {a['candidates']:<5} {b['known_fn']:>3} -> {a['known_fn']:<3} "
+              f"{fmt(b['precision']):>6} -> {fmt(a['precision']):<6} {fmt(b['recall']):>6} -> {fmt(a['recall'])}")
+    target_auto = rows["before review"]
+    ok_auto = (target_auto["ratio"] <= 0.60 and target_auto["queries"] == n_queries and target_auto["mean_s"] >= 0.50)
+    ok_review = rows["after review"]["ratio"] <= 0.40
+    print(f"\ntargets: automatic ratio <= 0.60, every query kept, mean s_neg >= 0.50: {'met' if ok_auto else 'NOT met'};"
+          f" after review ratio <= 0.40: {'met' if ok_review else 'NOT met'}")
     print(f"files in {work}")
+    if args.json:
+        print(json.dumps({"rows": rows, "found": found, "reviewed": reviewed}, indent=1))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,18 @@ def store() -> SharedStore:
     return _shared_store(str(db_path()))
 
 
+@st.cache_resource(show_spinner=False)
+def _refitter(path: str):
+    from auditor.risk import BackgroundRefit
+
+    return BackgroundRefit(_shared_store(path).cursor)
+
+
+def refitter():
+    """The process-wide background refit of the risk model (one fit at a time, never on the annotator's clock)."""
+    return _refitter(str(db_path()))
+
+
 def cursor():
     """This script run's DuckDB cursor (a cursor per thread, as DuckDB wants)."""
     return store().cursor()

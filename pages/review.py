@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from auditor import review
+from auditor.risk import describe
 from auditor.store import StoreError
 from auditor.ui_helpers import (
     VERDICT_LABELS, annotator_verdicts, band_config_of, banded_pairs, candidate_sources, explain_rule,
@@ -44,11 +45,14 @@ with st.sidebar:
     config_name, model, _ = pairs[labels.index(choice)]
     mode = st.radio(
         "Queue order",
-        ["risk", "stratified"],
+        ["export", "risk", "stratified"],
         key="queue_mode",
-        format_func={"risk": "Highest risk first", "stratified": "Stratified random (per band)"}.get,
-        help="Highest risk finds the most false negatives per hour. Stratified random samples each band at random "
-        "and stores each item's sampling probability, for unbiased false-negative rates per band.",
+        format_func={"export": "What the export will write", "risk": "Highest risk first",
+                     "stratified": "Stratified random (per band)"}.get,
+        help="What the export will write: the negatives the current export settings would put in the training "
+        "file, most likely false negative first; a confirmed false negative leaves the export and its replacement "
+        "comes up. Highest risk: every candidate, most likely false negative first. Stratified random samples each "
+        "band at random and stores each item's sampling probability, for unbiased false-negative rates per band.",
     )
     bands = st.multiselect(
         "Bands", list(ui.BAND_LABELS), default=list(ui.BAND_LABELS), format_func=ui.BAND_LABELS.get, key="f_bands"
@@ -94,6 +98,7 @@ def _verdict(verdict: str) -> None:
         queue_mode=item["mode"],
         sampling_prob=item.get("sampling_prob") if item["mode"].startswith("stratified") else None,
     )
+    ui.refitter().notify(item["model"])  # the risk model learns from the verdicts, in the background
     ss["flash"] = f"{VERDICT_LABELS[verdict]} saved for {item['query_id']} / {item['doc_id']}"
     ss["note"] = ""
     ss["current"] = None
@@ -199,6 +204,13 @@ with left:
 with right:
     with st.container(border=True):
         st.markdown(f"{ui.band_badge(cand['band'])} &nbsp; **Why it is here**")
+        risk = ctx.get("risk")
+        if risk and risk.get("p_fn") is not None:
+            st.metric("P(false negative)", describe(risk["p_fn"]),
+                      help="estimated probability that this candidate is relevant (a false negative): from the "
+                      "dense model, BM25 and closeness to the positive, recalibrated by the verdicts so far")
+            if risk["drivers"]:
+                st.text("; ".join(risk["drivers"]))
         st.write(explain_rule(cand.get("rule"), cand, cfg))
         m1, m2 = st.columns(2)
         m1.metric("s_neg", f"{cand['s_neg']:.3f}" if cand["s_neg"] is not None else "n/a",

@@ -17,11 +17,14 @@ APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 60
 
 
-def _app(monkeypatch, db: Path, annotator: str | None = "ada", page: str | None = None) -> AppTest:
+def _app(monkeypatch, db: Path, annotator: str | None = "ada", page: str | None = None,
+         mode: str | None = None) -> AppTest:
     monkeypatch.setenv("AUDITOR_DB", str(db))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     if annotator:
         at.session_state["annotator"] = annotator
+    if mode:
+        at.session_state["queue_mode"] = mode
     at.run()
     if page:
         at.switch_page(page).run()
@@ -94,7 +97,7 @@ def test_review_with_an_oidc_provider_asks_to_sign_in(monkeypatch, handbuilt_sto
 
 
 def test_review_shows_item_with_scores_band_and_rule(monkeypatch, handbuilt_store_path):
-    at = _app(monkeypatch, handbuilt_store_path)
+    at = _app(monkeypatch, handbuilt_store_path, mode="risk")  # the hand-built store has no risk rows
     assert _current_item(at) == HANDBUILT_RISK_ORDER[0]  # ("q1", "n1"): suspicious by inversion
     texts = _texts(at)
     assert "question q1?" in texts  # the query
@@ -115,7 +118,7 @@ def test_review_shows_item_with_scores_band_and_rule(monkeypatch, handbuilt_stor
 
 
 def test_review_verdicts_land_in_store_and_undo_takes_back(monkeypatch, handbuilt_store_path):
-    at = _app(monkeypatch, handbuilt_store_path)
+    at = _app(monkeypatch, handbuilt_store_path, mode="risk")  # the hand-built store has no risk rows
     at.text_input(key="note").input("same topic as the positive").run()
     at.button(key="v_fn").click().run()
     assert _current_item(at) == HANDBUILT_RISK_ORDER[1]
@@ -139,7 +142,7 @@ def test_review_verdicts_land_in_store_and_undo_takes_back(monkeypatch, handbuil
 
 
 def test_review_skip_writes_nothing(monkeypatch, handbuilt_store_path):
-    at = _app(monkeypatch, handbuilt_store_path)
+    at = _app(monkeypatch, handbuilt_store_path, mode="risk")  # the hand-built store has no risk rows
     at.button(key="v_skip").click().run()
     assert _current_item(at) == HANDBUILT_RISK_ORDER[1]
     assert _events(handbuilt_store_path) == []
@@ -157,7 +160,7 @@ def test_review_stratified_mode_stores_sampling_probability(monkeypatch, handbui
 
 
 def test_review_filters_by_band_and_query(monkeypatch, handbuilt_store_path):
-    at = _app(monkeypatch, handbuilt_store_path)
+    at = _app(monkeypatch, handbuilt_store_path, mode="risk")  # the hand-built store has no risk rows
     at.multiselect(key="f_bands").set_value(["too_easy"]).run()
     assert at.session_state["current"]["band"] == "too_easy"
     assert _current_item(at) == HANDBUILT_RISK_ORDER[7]
@@ -185,11 +188,17 @@ def test_review_on_the_mined_sample(monkeypatch, tmp_path, mined_cranfield_path)
     db = copy_store(mined_cranfield_path, tmp_path / "sample.duckdb")
     at = _app(monkeypatch, db)
     q, d = _current_item(at)
-    assert at.session_state["current"]["band"] == "suspicious"
-    assert any(m.label == "s_neg" for m in at.metric)
+    # the default queue starts with the riskiest negative that the export would write
+    from auditor.select import select_negatives
+
+    con = duckdb.connect(str(db))  # the app holds the file in this process: same configuration, no read-only
+    exported = {(r[0], r[1]): r[2] for r in select_negatives(con, 5).project("query_id, doc_id, p_fn").fetchall()}
+    con.close()
+    assert exported[(q, d)] == max(exported.values())
+    assert any(m.label == "P(false negative)" for m in at.metric) and any(m.label == "s_neg" for m in at.metric)
     at.button(key="v_fn").click().run()
     assert not at.exception
-    assert _events(db)[0][:4] == (q, d, "false_negative", "ada")
+    assert _events(db)[0][:4] == (q, d, "false_negative", "ada") and _events(db)[0][6] == "export"
     assert _current_item(at) != (q, d)
 
 

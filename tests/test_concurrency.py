@@ -68,6 +68,7 @@ def test_two_app_sessions_judging_the_same_item_keep_both_verdicts(monkeypatch, 
     for name in ("ada", "grace"):
         at = AppTest.from_file(APP, default_timeout=60)
         at.session_state["annotator"] = name
+        at.session_state["queue_mode"] = "risk"  # the hand-built store has no risk rows: band-and-delta order
         sessions[name] = at.run()
         assert at.session_state["current"]["doc_id"] == HANDBUILT_RISK_ORDER[0][1]  # both see the same first item
     # interleaved: both answer the item they were shown, differently, then each goes on

@@ -95,6 +95,9 @@ _BAND_FLAGS = [
     ("absolute_cap", _opt_float, "suspicious when s_neg >= X"),
     ("near_duplicate", _opt_float, "suspicious when sim(positive, candidate) >= X"),
     ("top_rank", _opt_int, "suspicious when the candidate's rank in the model's search is <= K"),
+    ("consensus_rank", _opt_int,
+     "suspicious when the candidate is within the top K of its query once dense, BM25 and closeness to the "
+     "positive are fused (19 = what the export skips before any verdict)"),
     ("anchor_max_outscored", _opt_int,
      "apply positive-relative rules only to queries whose positive is outscored by at most K candidates"),
     ("simans_a", float, "SimANS weight exp(-a (delta - b)^2): a"),
