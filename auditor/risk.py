@@ -217,6 +217,7 @@ def fit(
     else:
         summary.note = (f"prior only: a classifier needs {cfg.min_labels} labeled items with at least "
                         f"{cfg.min_per_class} of each verdict (have {len(y)}, {int(y.sum())} false negatives)")
+    p_model = p.copy()
     if len(y):
         p[idx] = y
         origin[idx] = "verdict"
@@ -232,12 +233,12 @@ def fit(
         con.execute("DELETE FROM risk WHERE model = ?", [model])
         table = pa.table({
             "query_id": pa.array(data["query_id"], pa.string()), "doc_id": pa.array(data["doc_id"], pa.string()),
-            "prior": prior, "p_fn": p, "origin": pa.array(origin.tolist(), pa.string()),
+            "prior": prior, "p_model": p_model, "p_fn": p, "origin": pa.array(origin.tolist(), pa.string()),
         })
         con.register("_risk_rows", table)
         try:
             con.execute(
-                "INSERT INTO risk SELECT $m, query_id, doc_id, prior, p_fn, origin, $f FROM _risk_rows",
+                "INSERT INTO risk SELECT $m, query_id, doc_id, prior, p_model, p_fn, origin, $f FROM _risk_rows",
                 {"m": model, "f": summary.fit_id},
             )
         finally:

@@ -517,6 +517,14 @@ def compute_stats(
         out["bands"] = _bands(con, config, model)
         out["short_queries"] = _short(con, negatives, config, model)
         out["verdicts"] = _verdicts(con, config, model)
+        if con.execute("SELECT 1 FROM risk WHERE model = ? LIMIT 1", [model]).fetchall():
+            from dataclasses import replace
+
+            from auditor.estimate import export_estimate
+            from auditor.select import current_selection
+
+            selection = replace(current_selection(con), config=config, negatives=int(negatives))
+            out["export_estimate"] = export_estimate(con, selection, model)
     else:
         out["note"] = f"no bands for configuration {config!r}: band statistics and verdict rates are omitted"
     out["judged_at_k"] = _judged_at_k(con, model)

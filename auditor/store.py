@@ -28,7 +28,8 @@ Added in schema version 2 (the lexical signal and the learned false-negative ris
                   BM25 search, positives excluded; NULL beyond its depth), ``lex_to_pos`` (max over positives p of
                   BM25(p -> n) / BM25(p -> p)), ``fused_rank`` (rank among the query's candidates by reciprocal-rank
                   fusion of the independent views; the prior risk is 1 / (1 + fused_rank)).
-``risk``          per (model, query, candidate): ``prior``, ``p_fn`` = P(false negative) in force, ``origin``
+``risk``          per (model, query, candidate): ``prior``, ``p_model`` (the estimate before verdicts override it),
+                  ``p_fn`` = P(false negative) in force, ``origin``
                   (prior | model | propagated) and the ``fit_id`` that wrote it. Replaced whole by each fit.
 ``risk_fits``     one row per fit: verdicts it saw (``n_labels``, ``n_false_negative``, ``last_event_id``), the
                   blend weight given to the fitted model against the prior, and its parameters (JSON).
@@ -192,7 +193,8 @@ CREATE TABLE IF NOT EXISTS risk (
     query_id  VARCHAR NOT NULL,
     doc_id    VARCHAR NOT NULL,
     prior     DOUBLE NOT NULL,
-    p_fn      DOUBLE NOT NULL,    -- P(false negative) in force
+    p_model   DOUBLE NOT NULL,    -- the model's estimate (prior blended with the classifier), verdicts aside
+    p_fn      DOUBLE NOT NULL,    -- P(false negative) in force: p_model, 1 / 0 for a verdict, lifted by propagation
     origin    VARCHAR NOT NULL,   -- 'prior' | 'model' | 'propagated'
     fit_id    BIGINT              -- risk_fits row that wrote it; NULL for the prior alone
 );

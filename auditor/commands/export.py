@@ -199,6 +199,27 @@ def _print_stats(st: dict) -> None:
                 print(f"  rank {r['ranks']:<7} {r['false_negative']}/{r['judged']} = {_pct(r['rate'])}")
         if v["agreement"]["items"]:
             print(f"  Cohen's kappa over {v['agreement']['items']} items: {v['agreement']['kappa']}")
+    est = st.get("export_estimate")
+    if est:
+        m, smp, sel = est["model"], est["sample"], est["selection"]
+        print(f"export of {sel['negatives']} negatives per query (max risk {sel['max_risk']}): expected false "
+              f"negatives {m['expected_false_negatives']:.1f} of {m['negatives']:,} = {_pct(m['expected_rate'])} by "
+              + (f"the risk model (calibrated on {m['verdicts_in_fit']} verdicts)" if m["calibrated"]
+                 else "the rule-based prior (no verdicts yet: an assumption, not a measurement)"))
+        if smp.get("ci95"):
+            point = "-" if smp["rate"] is None else _pct(smp["rate"])
+            print(f"  from the stratified random review ({smp['judged']} items): {point} "
+                  f"[{_pct(smp['ci95'][0])}, {_pct(smp['ci95'][1])}]"
+                  + (f"; no sample yet in {', '.join(smp['unsampled'])}" if smp["unsampled"] else ""))
+        else:
+            print("  no stratified random review yet: `auditor queue --mode stratified` gives a sample to check it")
+        rec = (est.get("recommend") or {}).get("for_target_rate") or {}
+        for target, best in rec.items():
+            if best:
+                print(f"  for at most {_pct(float(target))} false negatives: --max-risk {best['max_risk']:g} "
+                      f"(expected {_pct(best['expected_rate'])}, mean s_neg {best['mean_s_neg']:.3f})")
+            else:
+                print(f"  for at most {_pct(float(target))} false negatives: no threshold in the sweep gets there")
     jk = (st.get("judged_at_k") or {}).get("by_k") or []
     if jk:
         print("judged@k (qrels label / label or verdict): " + ", ".join(
