@@ -42,9 +42,74 @@ def _histograms(db: str, model: str, version: tuple) -> dict:
     }
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def _estimate(db: str, model: str, selection_json: str, version: tuple, sweep: bool) -> dict:
+    from auditor.estimate import export_estimate
+    from auditor.select import Selection
+
+    return export_estimate(ui.cursor(), Selection.from_json(selection_json), model, sweep=sweep)
+
+
+def _risk_version(model: str) -> tuple:
+    """Changes when the risk is refitted or a verdict lands (what the estimate depends on, besides the scores)."""
+    return tuple(con.execute(
+        "SELECT (SELECT max(fit_id) FROM risk_fits WHERE model = ?), (SELECT max(event_id) FROM verdicts)", [model]
+    ).fetchall()[0])
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def _by_source(db: str, config: str, model: str, version: tuple) -> dict:
     return band_counts_by_source(ui.cursor(), config, model)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _export_risk(model: str) -> None:
+    """How many false negatives the export would still hold, and which risk threshold meets a target rate."""
+    from auditor.select import current_selection
+
+    if not con.execute("SELECT 1 FROM risk WHERE model = ? LIMIT 1", [model]).fetchall():
+        st.caption("No false-negative risk for this model yet: run `auditor mine` again to compute it.")
+        return
+    selection = current_selection(con)
+    version = (scores_version(con), _risk_version(model))
+    est = _estimate(str(ui.db_path()), model, selection.to_json(), version, False)
+    m, smp = est["model"], est["sample"]
+    st.markdown(f"**The export** ({selection.negatives} negatives per query, skipping unreviewed candidates with "
+                f"P(false negative) above {selection.max_risk}; the settings of the latest export)")
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Expected false negatives", f"{m['expected_false_negatives']:.1f}", _pct(m["expected_rate"]),
+              delta_color="off", delta_arrow="off", border=True,
+              help="sum of P(false negative) over the exported negatives; a confirmed true negative counts 0")
+    c1.caption(f"calibrated on {m['verdicts_in_fit']} verdicts" if m["calibrated"] else
+               "rule-based prior only: an assumption until verdicts calibrate it")
+    if smp.get("ci95"):
+        point = "n/a" if smp["rate"] is None else _pct(smp["rate"])
+        c2.metric("From the random review", point, f"95%: {_pct(smp['ci95'][0])} – {_pct(smp['ci95'][1])}",
+                  delta_color="off", delta_arrow="off", border=True,
+                  help="false-negative share of the stratified random sample, weighted by the export's bands")
+        if smp["unsampled"]:
+            c2.caption("no random sample yet in: " + ", ".join(ui.BAND_LABELS[b] for b in smp["unsampled"]))
+    else:
+        c2.metric("From the random review", "no sample", border=True)
+        c2.caption("Review in 'Stratified random' order to check the model's estimate.")
+    c3.metric("Mean s_neg", f"{m['mean_s_neg']:.3f}" if m["mean_s_neg"] is not None else "n/a", border=True,
+              help="mean similarity of query and exported negative: how hard the negatives are")
+    c3.caption(f"{m['queries_kept_at_n_by_lowest_risk']:,} queries kept at N by their lowest-risk candidates")
+    if st.toggle("Threshold for a target rate (sweeps the threshold: a few seconds on large stores)", key="h_sweep"):
+        rec = _estimate(str(ui.db_path()), model, selection.to_json(), version, True)["recommend"]
+        st.dataframe({
+            "max risk": [p["max_risk"] for p in rec["sweep"]],
+            "expected FN rate": [_pct(p["expected_rate"]) for p in rec["sweep"]],
+            "mean s_neg": [None if p["mean_s_neg"] is None else round(p["mean_s_neg"], 3) for p in rec["sweep"]],
+            "kept by lowest risk": [p["kept_by_lowest_risk"] for p in rec["sweep"]],
+        }, hide_index=True, width="stretch")
+        for target, best in rec["for_target_rate"].items():
+            st.text(f"at most {_pct(float(target))} false negatives: " + (
+                f"export with --max-risk {best['max_risk']:g} (mean s_neg {best['mean_s_neg']:.3f})" if best
+                else "no threshold in the sweep gets there"))
 
 
 ui.page_header("Histograms & bands", "How negatives score against their positive, and what each threshold would do.")
@@ -149,7 +214,7 @@ with results:
                    help="queries left with fewer than N negatives once suspicious candidates are dropped")
     cols[3].caption(f"of {preview['total_queries']:,} queries")
 
-    tabs = st.tabs(["Scores", "Delta", "Ratio", "Per source", "Per rule"])
+    tabs = st.tabs(["Scores", "Delta", "Ratio", "Per source", "Per rule", "Export risk"])
     version = scores_version(con)
     hists = _histograms(str(ui.db_path()), model, version)
     with tabs[0]:
@@ -172,6 +237,9 @@ with results:
         st.dataframe({"rule": list(live), "candidates (these thresholds)": list(live.values()),
                       "candidates (saved)": [saved_rules.get(r, 0) for r in live]},
                      hide_index=True, width="stretch")
+
+    with tabs[5]:
+        _export_risk(model)
 
     with st.container(border=True):
         st.markdown("**Save these thresholds**")

@@ -244,6 +244,24 @@ def test_histograms_sliders_change_counts_and_save_a_config(monkeypatch, handbui
     con.close()
 
 
+def test_histograms_page_estimates_the_exports_false_negatives(monkeypatch, tmp_path, mined_cranfield_path):
+    db = copy_store(mined_cranfield_path, tmp_path / "est.duckdb")
+    at = _app(monkeypatch, db, page="pages/histograms.py")
+    metrics = {m.label: m for m in at.metric}
+    expected = metrics["Expected false negatives"]
+    con = duckdb.connect(str(db))
+    from auditor.estimate import model_estimate
+    from auditor.select import Selection
+
+    truth = model_estimate(con, Selection(), "all-MiniLM-L6-v2")
+    con.close()
+    assert expected.value == f"{truth['expected_false_negatives']:.1f}"
+    assert metrics["From the random review"].value == "no sample"
+    at.toggle(key="h_sweep").set_value(True).run()
+    assert not at.exception
+    assert any("false negatives: " in t.value for t in at.text)
+
+
 # ---- load --------------------------------------------------------------------------------------------------------
 
 
