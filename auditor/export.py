@@ -485,8 +485,8 @@ def _export_to_file(
     )
     t = _Tables.fresh()
     try:
-        _find_blank_texts(con, t)
-        _create_positives(con, t, relabel, summary)
+        any_blank = _find_blank_texts(con, t)
+        _create_positives(con, t, relabel, summary, any_blank)
         _create_selection(con, t, selection, n, summary)
         if progress:
             progress(1, steps)
@@ -515,13 +515,16 @@ def _export_to_file(
     return summary
 
 
-def _find_blank_texts(con: duckdb.DuckDBPyConnection, t: _Tables) -> None:
+def _find_blank_texts(con: duckdb.DuckDBPyConnection, t: _Tables) -> bool:
     """The documents and queries whose text is blank: one scan, a handful of ids (none in most stores)."""
     con.execute(f"CREATE TEMP TABLE {t.blank_docs} AS SELECT doc_id FROM documents d WHERE {_blank_document('d')}")
     con.execute(f"CREATE TEMP TABLE {t.blank_queries} AS SELECT query_id FROM queries q WHERE {_blank('q.text')}")
+    return bool(con.execute(f"SELECT EXISTS (FROM {t.blank_docs}) OR EXISTS (FROM {t.blank_queries})").fetchall()[0][0])
 
 
-def _create_positives(con: duckdb.DuckDBPyConnection, t: _Tables, relabel: bool, summary: ExportSummary) -> None:
+def _create_positives(
+    con: duckdb.DuckDBPyConnection, t: _Tables, relabel: bool, summary: ExportSummary, any_blank: bool
+) -> None:
     """The usable positives of each query, counting the blank ones left out."""
     relabeled = ""
     if relabel:
@@ -544,6 +547,10 @@ def _create_positives(con: duckdb.DuckDBPyConnection, t: _Tables, relabel: bool,
           AND EXISTS (SELECT 1 FROM queries q WHERE q.query_id = p.query_id)
         """
     )
+    if not any_blank:
+        summary.queries_with_positives = int(con.execute(
+            f"SELECT count(DISTINCT query_id) FROM {t.pos}").fetchall()[0][0])
+        return
     (summary.queries_with_positives, summary.queries_without_usable_positive, blank_positives,
      blank_queries) = (int(x) for x in con.execute(
         f"""
