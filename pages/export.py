@@ -90,9 +90,7 @@ with left:
     st.code(shlex.join(cmd), language="bash", wrap_lines=True)
 
 if go:
-    from auditor.export import export
-
-    from auditor.export import new_app_export_folder, preview_rows
+    from auditor.export import export, new_app_export_folder, preview_rows
 
     # A fresh folder per export of this session; the last one is removed here, the rest when the app exits.
     out_dir = new_app_export_folder(previous=ss.get("x_dir"))

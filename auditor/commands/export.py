@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 
+import duckdb
+
 from auditor.config import DEFAULT_BAND_CONFIG, ExportConfig
-from auditor.export import FILE_TYPES, FORMATS
+from auditor.export import FILE_TYPES, FORMATS, ExportSummary
 
 _DEFAULTS = ExportConfig()
 
@@ -130,7 +132,7 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary_lines(s) -> list[str]:
+def _summary_lines(s: ExportSummary) -> list[str]:
     where = "standard output" if s.path == "-" else s.path
     lines = [f"wrote {s.rows:,} {s.format} {'lines' if s.file_type == 'jsonl' else 'rows'} ({s.file_type}) to "
              f"{where} ({s.queries_written:,} queries, {s.negatives_written:,} negatives, "
@@ -177,7 +179,7 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_known_band_config(con, name: str) -> None:
+def _require_known_band_config(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """A misspelt --band-config is an error, not a report without bands (``default`` always exists)."""
     from auditor.cli import UserError
 
