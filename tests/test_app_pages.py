@@ -297,7 +297,7 @@ def test_load_ingests_a_server_path_and_reports_errors(monkeypatch, tmp_path):
 
 def test_export_page_previews_and_offers_download(monkeypatch, handbuilt_store_path):
     at = _app(monkeypatch, handbuilt_store_path, page="pages/export.py")
-    assert at.radio(key="x_fmt").options == ["triplet", "ntuple", "rich"]
+    assert at.radio(key="x_fmt").options == ["triplet", "st-ntuple", "ntuple", "rich"]
     at.radio(key="x_fmt").set_value("ntuple").run()
     at.button(key="x_go").click().run()
     assert not at.exception, at.exception
