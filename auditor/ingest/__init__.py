@@ -127,7 +127,7 @@ def ingest_path(
 
     step = _stepper(progress)
     # Reading, checking and staging touch only temporary tables; the store changes in one transaction at the end.
-    with terminate_as_interrupt(), scratch_space() as scratch:
+    with terminate_as_interrupt() as guard, scratch_space() as scratch:
         try:
             if fmt == "beir":
                 if path.is_file():
@@ -152,6 +152,7 @@ def ingest_path(
                 summary.nothing_new = summary.records > 0 and new == 0
                 if not summary.nothing_new:
                     _record_ingest(con, path, summary)
+                guard.hold()  # committing: a SIGTERM from now on ends the process after cleanup, not the ingest
             step()  # merged
         finally:
             for t in ("recs", "pairs", "raw_corpus", "raw_queries", "raw_qrels", "s_docs", "s_queries", "s_qrels",
