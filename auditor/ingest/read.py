@@ -99,12 +99,16 @@ def _short(exc: Exception, path: Path) -> str:
     return text.replace(str(path), path.name)[:300]
 
 
-def _execute(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Run `sql`; an interrupted query (Ctrl-C, SIGTERM) stays an interruption, not a read error."""
+def _execute(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
+    """Run a query that reads input; returns its rows. An interrupted query (Ctrl-C, SIGTERM) stays an interruption,
+    and an error whose message DuckDB cannot hand over (it quotes input cut inside a UTF-8 character) is still a
+    duckdb.Error."""
     try:
-        con.execute(sql)
+        return con.execute(sql).fetchall()
     except duckdb.InterruptException:
         raise KeyboardInterrupt from None
+    except UnicodeDecodeError:
+        raise duckdb.InvalidInputException("the input cannot be read (DuckDB's message quotes it unreadably)") from None
 
 
 def cannot_read(src: Source, exc: Exception) -> IngestError:
@@ -154,13 +158,12 @@ def readable_copy(src: Source, scratch: Scratch, read_keys: set[str] | None = No
 def jsonl_keys(con: duckdb.DuckDBPyConnection, src: Source, scratch: Scratch) -> tuple[Source, set[str]]:
     """Every key of every record (a key first seen on a late line counts), in one DuckDB pass over the file."""
     try:
-        rows = con.execute(
+        rows = _execute(
+            con,
             f"SELECT DISTINCT unnest(json_keys(json)) FROM read_json_objects({_lit(str(src.read_path))}, "
-            f"format = 'newline_delimited', maximum_object_size = {MAX_RECORD_BYTES})"
-        ).fetchall()
+            f"format = 'newline_delimited', maximum_object_size = {MAX_RECORD_BYTES})",
+        )
         return src, {r[0] for r in rows}
-    except duckdb.InterruptException:
-        raise KeyboardInterrupt from None
     except duckdb.Error as exc:
         if isinstance(exc, duckdb.OutOfMemoryException):
             raise cannot_read(src, exc) from None
