@@ -12,7 +12,6 @@ import sys
 import tempfile
 import textwrap
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -24,7 +24,9 @@ from auditor.ingest.formats import (
     layout_for, tabular_columns,
 )
 from auditor.ingest.merge import merge
-from auditor.ingest.read import Rejects, Source, jsonl_keys, jsonl_source, load_checked, unique_ids
+from auditor.ingest.read import (
+    Rejects, Source, jsonl_keys, jsonl_source, load_checked, refuse_unreadable, unique_ids,
+)
 from auditor.ingest.scratch import Scratch, scratch_space, terminate_as_interrupt
 from auditor.ingest.stage import beir_files, finish_beir, pair_projection, stage_beir_texts, stage_pairs, stage_qrels
 from auditor.store import transaction
@@ -189,6 +191,7 @@ def _load_pairs(
         where = f"{path}:line 1" if path.suffix.lower() == ".csv" else str(path)
     else:
         src, keys = jsonl_keys(con, jsonl_source(path, scratch), scratch)
+        refuse_unreadable(src, rejects)
         _, first, _ = first_keys(src.read_path)
         if first == 0 and not src.left_out:
             raise IngestError(str(path), None, "file is empty: no records")

@@ -56,10 +56,12 @@ def read_line(number: int, raw: bytes, read_keys: set[str] | None = None) -> Lin
     """Check one line as DuckDB's reader would; `read_keys` are the keys read as columns (a duplicate one fails)."""
     if len(raw) > MAX_RECORD_BYTES:
         return Line(number, raw, None, f"record is {len(raw):,} bytes, more than the limit of {MAX_RECORD_BYTES:,}")
+    stripped = raw.strip(_BLANK_BYTES)
     try:
-        text = raw.strip(_BLANK_BYTES).decode("utf-8")
+        text = stripped.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return Line(number, raw, None, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})")
+        column = exc.start + raw.index(stripped[:1]) + 1
+        return Line(number, raw, None, f"not valid UTF-8 (byte {stripped[exc.start]:#04x} at column {column})")
     parsed = _parse(text)
     if isinstance(parsed, str):
         return Line(number, raw, None, f"malformed JSON: {parsed}")
@@ -154,8 +156,8 @@ def _parse(text: str) -> tuple[str, list[tuple[str, bool]]] | str:
         value = json.loads(text, object_pairs_hook=_Pairs)
     except RecursionError:
         return _parse_duckdb(text, None)
-    except ValueError as exc:
-        return _parse_duckdb(text, str(exc))
+    except ValueError as exc:  # "Expecting ',' delimiter: line 1 column 18 (char 17)": the line is ours to name
+        return _parse_duckdb(text, re.sub(r": line \d+ column (\d+) \(char \d+\)$", r" at column \1", str(exc)))
     if isinstance(value, _Pairs):
         return "object", [(k, _has_surrogate(v)) for k, v in value.pairs]
     if value is None:

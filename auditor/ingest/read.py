@@ -173,6 +173,19 @@ def jsonl_keys(con: duckdb.DuckDBPyConnection, src: Source, scratch: Scratch) ->
         return copy, keys
 
 
+def refuse_unreadable(src: Source, rejects: Rejects | None) -> None:
+    """When no line of `src` could be read at all: its first bad line (or, with --skip-bad, all of them reported)."""
+    if not src.left_out or src.line_of is None or src.line_of:
+        return
+    if rejects is None:
+        first = src.left_out[0]
+        raise IngestError(src.where(first), first.field, first.message, more=len(src.left_out) - 1)
+    for p in src.left_out:
+        rejects.add(src.path, p.line, p.field, p.message, None)
+    raise IngestError(str(src.path), None, f"no valid records: all {len(src.left_out):,} were rejected "
+                                           f"(reasons in {rejects.path})")
+
+
 def _jsonl_sql(path: Path, keys: list[str]) -> str:
     spec = ", ".join(f"{_lit(k)}: 'JSON'" for k in keys)
     return (
