@@ -463,3 +463,64 @@ def test_beir_folders(template, tmp_path_factory, b):
         assert judged == {(q, d, g) for (q, d), g in expected.items()}
     finally:
         con.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The rule table itself: a definite verdict on any JSON value, matching the oracle
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=4) | blanks | st.sampled_from(["x" * limits.MAX_ID_CHARS, "y" * (limits.MAX_ID_CHARS + 1)]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=2),
+    max_leaves=5,
+)
+
+
+def oracle(kind: str, value: object) -> bool:
+    from auditor.ingest import rules
+
+    is_list = isinstance(value, list)
+    return {
+        rules.TEXT: lambda: is_text(value),
+        rules.STRING: lambda: isinstance(value, str),
+        rules.ID: lambda: is_id(value),
+        rules.TEXT_LIST: lambda: is_list and bool(value) and all(map(is_text, value)),
+        rules.TEXT_LIST_OR_EMPTY: lambda: is_list and all(map(is_text, value)),
+        rules.NUMBER_LIST: lambda: is_list and all(map(is_score, value)),
+    }[kind]()
+
+
+_ABSENT = object()  # the key is not in the record at all (SQL NULL, not JSON null)
+_DUCK: list = []
+
+
+@settings(max_examples=50, deadline=None)
+@given(values=st.lists(json_values | st.just(_ABSENT), min_size=1, max_size=25))
+def test_rule_table_gives_a_definite_verdict_matching_the_oracle(values):
+    import duckdb
+
+    from auditor.ingest import rules
+
+    if not _DUCK:
+        _DUCK.append(duckdb.connect())
+    fields = [rules.Field(f"{kind}-{required}", kind, required) for kind in rules.RULES for required in (True, False)]
+    rows = ", ".join("(NULL::JSON)" if v is _ABSENT else "(json(?))" for v in values)
+    params = [json.dumps(v) for v in values if v is not _ABSENT]
+    columns = ", ".join(f"j AS {rules.quote(f.name)}" for f in fields)
+    checks = ", ".join(rules.problem_sql([f]) for f in fields)
+    got = _DUCK[0].execute(
+        f"SELECT {checks} FROM (SELECT {columns} FROM (VALUES {rows}) t(j))", params
+    ).fetchall()
+    for value, row in zip(values, got):
+        for f, problem in zip(fields, row):
+            missing = value is _ABSENT or value is None
+            valid = (not f.required) if missing else oracle(f.kind, value)
+            assert (problem is None) == valid, (f, value, problem)
+            if problem is not None:
+                field, message = rules.split_problem(problem)
+                assert field == f.name and message  # a message, never an empty or NULL one
+
+
+def test_blank_characters_include_all_python_whitespace():
+    assert all(chr(c) in BLANK for c in range(0x110000) if chr(c).isspace())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,14 +137,15 @@ def lines_at(path: Path, numbers: set[int]) -> dict[int, bytes]:
 
 _JSON_KINDS = {dict: "object", list: "a list", str: "a string", bool: "true/false", int: "a number", float: "a number"}
 
-_duck: duckdb.DuckDBPyConnection | None = None
+_local = threading.local()
 
 
 def _duckdb() -> duckdb.DuckDBPyConnection:
-    global _duck
-    if _duck is None:
-        _duck = duckdb.connect()
-    return _duck
+    """An in-memory DuckDB for parsing single lines, one per thread (the app ingests from several)."""
+    con = getattr(_local, "con", None)
+    if con is None:
+        con = _local.con = duckdb.connect()
+    return con
 
 
 def _parse(text: str) -> tuple[str, list[tuple[str, bool]]] | str:

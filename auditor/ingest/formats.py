@@ -90,7 +90,7 @@ def layout_for(fmt: str, keys: set[str], where: str) -> PairLayout:
     q = _query_key(keys)
     guess = guess_pair_format(keys)
     hint = f"; it looks like {guess}: try --format {guess}" if guess and guess != fmt else ""
-    shown = ", ".join(sorted(keys)) or "none"
+    shown = ", ".join(sorted(keys)[:20]) + (f", ... ({len(keys)} keys)" if len(keys) > 20 else "") if keys else "none"
     if fmt == "flag":
         missing = [k for k in ("query", "pos", "neg") if k not in keys]
         if missing:
