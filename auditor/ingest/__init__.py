@@ -195,7 +195,7 @@ def _load_pairs(
         _, first, _ = first_keys(src.read_path)
         if first == 0 and not src.left_out:
             raise IngestError(str(path), None, "file is empty: no records")
-        where = f"{path}:{src.lines([0]).get(0, first)}" if first else str(path)
+        where = f"{path}:{src.line_of[0] if src.line_of else first}" if first else str(path)
     layout = layout_for(fmt, keys, where)
     unread = layout.unread_text_keys(keys)
     if unread:

@@ -6,9 +6,10 @@ is stored, with the line that broke it. Tests read these constants rather than c
 
 from __future__ import annotations
 
-#: Largest single record (one JSONL line, or the fields ingest reads from it) in bytes; a larger one is refused naming
-#: its line. This is DuckDB's own default for its JSON reader: its read buffers grow with this setting, and at 64 MiB a
-#: file with a handful of such records ran out of memory under the default 2GB ceiling (AUDITOR_MEMORY_LIMIT), while
+#: Largest record, in bytes: the fields ingest reads from one line (or row), together, as JSON; a larger one is refused
+#: naming its line. A line made much larger by keys ingest does not read is refused too, when DuckDB's reader cannot
+#: take it. 16 MiB is DuckDB's own default for its JSON reader: its read buffers grow with this setting, and at 64 MiB
+#: a file with a handful of such records ran out of memory under the default 2GB ceiling (AUDITOR_MEMORY_LIMIT), while
 #: ten records of 15.5 MiB each ingest within it.
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 
