@@ -311,8 +311,8 @@ def test_skip_bad_stores_exactly_the_valid_records(template, tmp_path_factory, d
         try:
             summary = ingest_path(con, path, fmt="flag", skip_bad=True, rejects_path=folder / "rejects.jsonl")
         except IngestError as exc:
-            event("refused")
-            assert not any(drawn.valid) and "no valid records" in str(exc)
+            event("refused")  # "no valid records", or no record has a key the format needs
+            assert not any(drawn.valid) and str(exc).startswith(str(path)), str(exc)
             assert snapshot(con) == before
             return
         event(f"stored, {'some' if summary.skipped else 'none'} skipped")
