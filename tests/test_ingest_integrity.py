@@ -386,6 +386,13 @@ def test_csv_read_errors_are_short(stocked, tmp_path):
     assert message.startswith(f"{path}:line 4: malformed CSV") and "\n" not in message and len(message) < 300
 
 
+def test_csv_mixed_line_ends_are_named(stocked, tmp_path):
+    path = tmp_path / "mixed.csv"
+    text = _triplet_frame().to_csv(index=False, lineterminator="\n").splitlines()
+    path.write_bytes(("\n".join(text[:4]) + "\r\n" + "\n".join(text[4:]) + "\n").encode())
+    assert refused(stocked, path) == f"{path}:line 4: line ends with CRLF but the header with LF: one file, one line-end style"
+
+
 def test_utf8_byte_order_mark_is_accepted_everywhere(store, tmp_path):
     jsonl = tmp_path / "bom.jsonl"
     jsonl.write_bytes(b"\xef\xbb\xbf" + MSMARCO.read_bytes())

@@ -347,7 +347,9 @@ def test_tabular_triplets(template, tmp_path_factory, suffix):
             r[q_key] = r.pop("query", r.pop("anchor", None))
         if suffix == ".csv":
             with open(path, "w", newline="", encoding="utf-8-sig" if drawn.bom else "utf-8") as fh:
-                w = csv.writer(fh, lineterminator="\r\n" if drawn.crlf else "\n")
+                # CRLF line ends, or quotes around every cell: a bare "\r" in a cell must not end the row
+                w = csv.writer(fh, lineterminator="\r\n" if drawn.crlf else "\n",
+                               quoting=csv.QUOTE_MINIMAL if drawn.crlf else csv.QUOTE_ALL)
                 w.writerow(names)
                 w.writerows([[r[k] for k in names] for r in rows])
             # an empty cell reads as missing, like a null

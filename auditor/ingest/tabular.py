@@ -38,8 +38,9 @@ class BrokenRecord(Exception):
         self.line, self.reason = line, reason
 
 
-def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(first line, cells) of every CSV record, blank lines skipped; raises BrokenRecord or UnicodeDecodeError."""
+def _records(path: Path, ends: bool = False) -> Iterator[tuple[int, list[str]]] | Iterator[tuple[int, int, list[str]]]:
+    """(first line, cells) of every CSV record (with `ends`: (first line, last line, cells)), blank lines skipped;
+    raises BrokenRecord or UnicodeDecodeError."""
     with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh, _Dialect)
         start = 1
@@ -51,8 +52,14 @@ def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
             except csv.Error as exc:
                 raise BrokenRecord(start, str(exc)) from None
             if cells:
-                yield start, cells
+                yield (start, reader.line_num, cells) if ends else (start, cells)
             start = reader.line_num + 1
+
+
+def _line_endings(path: Path) -> list[str]:
+    """How each line of a text file ends: "\r\n", "\n", "\r" or "" (the last line, unterminated)."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        return [line[len(line.rstrip("\r\n")):] for line in fh]
 
 
 def csv_header(path: Path) -> tuple[list[str], str]:
@@ -103,9 +110,17 @@ def first_broken_record(path: Path, n_columns: int) -> tuple[int, str] | None:
             except UnicodeDecodeError as exc:
                 return number, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
     try:
-        for line, cells in _records(path):
-            if len(cells) != n_columns:
-                return line, f"expected {n_columns} cells, as in the header, got {len(cells)}"
+        records = list(_records(path, ends=True))
     except BrokenRecord as exc:
         return exc.line, f"malformed CSV: {exc.reason}"
+    for line, _end, cells in records:
+        if len(cells) != n_columns:
+            return line, f"expected {n_columns} cells, as in the header, got {len(cells)}"
+    endings = _line_endings(path)  # DuckDB reads one line-end style per file
+    style = endings[records[0][1] - 1] if records else ""
+    for line, end, _cells in records[1:]:
+        if endings[end - 1] not in (style, ""):
+            names = {"\r\n": "CRLF", "\n": "LF", "\r": "CR"}
+            return line, (f"line ends with {names[endings[end - 1]]} but the header with {names.get(style, style)}: "
+                          "one file, one line-end style")
     return None
