@@ -18,6 +18,7 @@ Every outcome is classified:
   invalid-accepted   accepted although the re-validation finds a bad record, or texts missing or extra  (target 0)
   store-changed      refused, but the store's tables differ from before                (target 0)
   refused-valid      refused although the re-validation finds nothing wrong (reported, not a target)
+  bench-error        this script failed to make or re-validate a variant                    (target 0)
 Exits 1 when a target is missed.
 """
 
@@ -45,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 MSMARCO = ROOT / "data" / "msmarco-mined" / "train.jsonl"
 CRANFIELD = ROOT / "data" / "cranfield"
 INPUTS = ["msmarco.jsonl", "cranfield-beir", "triplets.csv", "triplets.parquet"]
-TARGETS = ("traceback", "invalid-accepted", "store-changed")
+TARGETS = ("traceback", "invalid-accepted", "store-changed", "bench-error")
 OUTCOMES = ("stored-valid", "refused", "refused-valid") + TARGETS
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -278,7 +279,10 @@ def expect_beir(folder: Path) -> dict:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise Invalid("qrels UTF-8") from None
-        parts = next(csv.reader([line.rstrip("\r\n")], delimiter="\t"))
+        try:
+            parts = next(csv.reader([line.rstrip("\r\n")], delimiter="\t"))
+        except csv.Error:
+            raise Invalid("qrels line") from None
         if number == 1 and parts and parts[0].strip().lower() in ("query-id", "query_id", "qid"):
             continue
         if len(parts) == 4:
@@ -590,8 +594,11 @@ def run_variant(args: tuple[str, int, str, str]) -> tuple[str, int, str, str]:
 
     folder = Path(tempfile.mkdtemp(dir=work))
     try:
-        path = make_variant(name, seed, folder)
-        expected = expectation(name, path)
+        try:
+            path = make_variant(name, seed, folder)
+            expected = expectation(name, path)
+        except Exception as exc:  # noqa: BLE001 - a bug of this script, reported as such
+            return name, seed, "bench-error", "".join(traceback.format_exception_only(exc)).strip()[:300]
         db = folder / "store.duckdb"
         shutil.copyfile(template, db)
         con = open_store(db)
