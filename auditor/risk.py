@@ -35,7 +35,6 @@ from typing import Any
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 
 from auditor.config import RiskConfig
 from auditor.store import transaction
@@ -124,7 +123,10 @@ def update_fused_rank(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfi
 def features_sql(only: str = "") -> str:
     """SELECT of query_id, doc_id, prior and every feature, for ``model = $m``; ``only`` (e.g. ``AND query_id =
     $q``) is added to every scan, so one item's features do not aggregate whole tables."""
-    cols = ", ".join(f"({expr})::DOUBLE AS {name}" for name, expr in FEATURES)
+    # a non-finite value (a log of 0, say) reads as 0, the same for fitting and for predicting
+    cols = ", ".join(
+        f"CASE WHEN isfinite(({expr})::DOUBLE) THEN ({expr})::DOUBLE ELSE 0 END AS {name}" for name, expr in FEATURES
+    )
     return f"""
         WITH {_TEACHER_CTE.format(only=only)}
         SELECT s.query_id, s.doc_id, 1.0 / (1 + coalesce(s.fused_rank, 1000)) AS prior, {cols}
@@ -179,48 +181,42 @@ def fit(
 ) -> FitSummary:
     """Fit on the verdicts in force, write ``risk`` for every scored candidate of ``model``, record the fit.
 
-    With ``in_transaction`` the caller holds the transaction (mining writes scores, bands and risk together).
+    Only the labeled items come to Python (to fit the classifier); the predictions for every candidate are one
+    INSERT ... SELECT with the fitted coefficients inlined, so a refit costs a scan, not memory, at any size. With
+    ``in_transaction`` the caller holds the transaction (mining writes scores, bands and risk together).
     """
     summary = FitSummary(model=model, last_event_id=last_event_id(con))
-    data = con.execute(
-        f"SELECT f.*, l.y FROM ({features_sql()}) f LEFT JOIN ({LABELS_SQL}) l USING (query_id, doc_id) "
+    labeled = con.execute(
+        f"SELECT f.*, l.y FROM ({features_sql()}) f JOIN ({LABELS_SQL}) l USING (query_id, doc_id) "
         "ORDER BY f.query_id, f.doc_id",
         {"m": model},
     ).fetchnumpy()
-    n = len(data["query_id"])
-    summary.candidates = n
-    prior = np.asarray(data["prior"], dtype=np.float64)
-    p = prior.copy()
-    origin = np.full(n, "prior", dtype=object)
-    labeled = ~np.ma.getmaskarray(data["y"]) if np.ma.isMaskedArray(data["y"]) else ~np.isnan(
-        np.asarray(data["y"], dtype=np.float64))
-    idx = np.flatnonzero(labeled)
-    y = np.asarray(data["y"][idx], dtype=np.int64)
+    y = np.asarray(labeled["y"], dtype=np.int64)
     summary.n_labels, summary.n_false_negative = len(y), int(y.sum())
     params: dict[str, Any] = {"features": [name for name, _ in FEATURES], "config": cfg.__dict__}
+    p_model = "prior"
     if len(y) >= cfg.min_labels and min(y.sum(), len(y) - y.sum()) >= cfg.min_per_class:
-        X = np.column_stack([np.asarray(data[name], dtype=np.float64) for name, _ in FEATURES])
-        X = np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
-        mean, scale = X[idx].mean(axis=0), X[idx].std(axis=0)
+        X = np.column_stack([np.asarray(labeled[name], dtype=np.float64) for name, _ in FEATURES])
+        mean, scale = X.mean(axis=0), X.std(axis=0)
         scale[scale == 0] = 1.0
         from sklearn.linear_model import LogisticRegression
 
         clf = LogisticRegression(C=cfg.regularization, max_iter=1000)
-        clf.fit((X[idx] - mean) / scale, y)
-        fitted = clf.predict_proba((X - mean) / scale)[:, 1]
+        clf.fit((X - mean) / scale, y)
         summary.blend = len(y) / (len(y) + cfg.prior_weight)
-        p = summary.blend * fitted + (1 - summary.blend) * prior
-        origin[:] = "model"
         summary.coefficients = {name: float(c) for (name, _), c in zip(FEATURES, clf.coef_[0])}
         params.update(intercept=float(clf.intercept_[0]), coef=clf.coef_[0].tolist(), mean=mean.tolist(),
                       scale=scale.tolist())
+        logit = " + ".join(
+            f"{float(w)!r} * ({name} - {float(m)!r}) / {float(sd)!r}"
+            for (name, _), w, m, sd in zip(FEATURES, clf.coef_[0], mean, scale)
+        )
+        p_model = (f"{summary.blend!r} / (1 + exp(-({float(clf.intercept_[0])!r} + {logit}))) "
+                   f"+ {1 - summary.blend!r} * prior")
     else:
         summary.note = (f"prior only: a classifier needs {cfg.min_labels} labeled items with at least "
                         f"{cfg.min_per_class} of each verdict (have {len(y)}, {int(y.sum())} false negatives)")
-    p_model = p.copy()
-    if len(y):
-        p[idx] = y
-        origin[idx] = "verdict"
+    origin = "'model'" if summary.blend else "'prior'"
 
     def write() -> None:
         fit_id = con.execute(
@@ -230,19 +226,19 @@ def fit(
              json.dumps(params)],
         ).fetchall()[0][0]
         summary.fit_id = int(fit_id)
-        con.execute("DELETE FROM risk WHERE model = ?", [model])
-        table = pa.table({
-            "query_id": pa.array(data["query_id"], pa.string()), "doc_id": pa.array(data["doc_id"], pa.string()),
-            "prior": prior, "p_model": p_model, "p_fn": p, "origin": pa.array(origin.tolist(), pa.string()),
-        })
-        con.register("_risk_rows", table)
-        try:
-            con.execute(
-                "INSERT INTO risk SELECT $m, query_id, doc_id, prior, p_model, p_fn, origin, $f FROM _risk_rows",
-                {"m": model, "f": summary.fit_id},
-            )
-        finally:
-            con.unregister("_risk_rows")
+        con.execute("DELETE FROM risk WHERE model = $m", {"m": model})
+        con.execute(
+            f"""
+            INSERT INTO risk (model, query_id, doc_id, prior, p_model, p_fn, origin, fit_id)
+            SELECT $m, query_id, doc_id, prior, p_model,
+                   coalesce(y::DOUBLE, p_model), CASE WHEN y IS NULL THEN {origin} ELSE 'verdict' END, $f
+            FROM (SELECT f.query_id, f.doc_id, f.prior, {p_model} AS p_model, l.y
+                  FROM ({features_sql()}) f LEFT JOIN ({LABELS_SQL}) l USING (query_id, doc_id))
+            """,
+            {"m": model, "f": summary.fit_id},
+        )
+        summary.candidates = int(con.execute(
+            "SELECT count(*) FROM risk WHERE model = $m", {"m": model}).fetchall()[0][0])
         summary.propagated = _propagate(con, model, cfg)
 
     if in_transaction:
