@@ -44,7 +44,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -58,6 +57,7 @@ from typing import Any
 import duckdb
 
 from auditor.config import DEFAULT_BAND_CONFIG, ExportConfig
+from auditor.signals import interrupt_on_signals
 from auditor.store import StoreError
 
 FORMATS = ("triplet", "ntuple", "st-ntuple", "rich")
@@ -308,43 +308,6 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
                     os.unlink(entry.path)
                     removed.append(Path(entry.path))
     return removed
-
-
-@contextlib.contextmanager
-def interrupt_on_signals(con: duckdb.DuckDBPyConnection | None = None) -> Iterator[None]:
-    """For the duration, SIGTERM (``kill``, a scheduler's timeout) behaves like Ctrl-C, and both stop ``con``'s
-    running query at once: KeyboardInterrupt is raised, so temporary files are removed and older files stay as they
-    were.
-
-    DuckDB's own Ctrl-C check missed about half the signals in our trials (DuckDB 2.0) and the query then ran to its
-    end, so the handler also calls ``con.interrupt()``. DuckDB reports the interrupted query as
-    RuntimeError("Query interrupted"): after a signal any error is re-raised as KeyboardInterrupt. A signal the
-    process ignores stays ignored. Only the main thread handles signals: elsewhere (the app) this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-
-    def interrupt(signum: int, frame: Any) -> None:
-        received.append(signum)
-        if con is not None:
-            con.interrupt()
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    previous = {sig: handler for sig, handler in previous.items() if handler is not signal.SIG_IGN}
-    for sig in previous:
-        signal.signal(sig, interrupt)
-    try:
-        yield
-    except Exception as exc:
-        if received:
-            raise KeyboardInterrupt from exc
-        raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def copy_atomic(

@@ -171,9 +171,9 @@ def test_review_by_keyboard_undo_and_screenshots(server):
     con.close()
     assert uploaded == 10  # the 10 MS MARCO queries uploaded through the Load page
     assert events == [
-        (*items[0], "false_negative", "e2e", "risk"),
-        (*items[1], "true_negative", "e2e", "risk"),
-        (*items[2], "unsure", "e2e", "risk"),
+        (*items[0], "false_negative", "e2e", "export"),
+        (*items[1], "true_negative", "e2e", "export"),
+        (*items[2], "unsure", "e2e", "export"),
         (*items[2], "undo", "e2e", None),
     ]
     assert current == [(*items[0], "false_negative"), (*items[1], "true_negative")]

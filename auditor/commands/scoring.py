@@ -51,10 +51,13 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from auditor.config import MineConfig
 
     cfg = replace(MineConfig(), batch_size=args.batch_size, index=args.index)
+    from auditor.signals import interrupt_on_signals
+
     bars = _Bars()
     try:
-        s = mine(con, model_name=args.model, depth=args.depth, source=args.source, index=args.index,
-                 stage_progress=bars, config=cfg, band_config=args.config)
+        with interrupt_on_signals(con):  # Ctrl-C or SIGTERM: the transaction rolls back, the store stays as it was
+            s = mine(con, model_name=args.model, depth=args.depth, source=args.source, index=args.index,
+                     stage_progress=bars, config=cfg, band_config=args.config)
     finally:
         bars.close()
     print(f"model {s.model}, source {s.source}, depth {s.depth}")

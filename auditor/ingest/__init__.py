@@ -27,7 +27,8 @@ from auditor.ingest.merge import merge
 from auditor.ingest.read import (
     Rejects, Source, jsonl_keys, jsonl_source, load_checked, refuse_unreadable, unique_ids,
 )
-from auditor.ingest.scratch import Scratch, scratch_space, terminate_as_interrupt
+from auditor.ingest.scratch import Scratch, scratch_space
+from auditor.signals import interrupt_on_signals
 from auditor.ingest.stage import beir_files, finish_beir, pair_projection, stage_beir_texts, stage_pairs, stage_qrels
 from auditor.store import transaction
 
@@ -129,7 +130,7 @@ def ingest_path(
 
     step = _stepper(progress)
     # Reading, checking and staging touch only temporary tables; the store changes in one transaction at the end.
-    with terminate_as_interrupt() as guard, scratch_space() as scratch:
+    with interrupt_on_signals(con) as guard, scratch_space() as scratch:
         try:
             if fmt == "beir":
                 if path.is_file():

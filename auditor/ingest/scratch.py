@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,49 +70,6 @@ def sweep_stale(root: Path | None = None, max_age: float = STALE_TEMP_SECONDS) -
         if not folder.exists():
             removed.append(folder)
     return removed
-
-
-class TerminateGuard:
-    """Until `hold()`, SIGTERM raises KeyboardInterrupt; after it, the signal waits until the block has ended."""
-
-    def __init__(self) -> None:
-        self.fired: list[int] = []
-        self.holding = False
-
-    def hold(self) -> None:
-        """The work is committed: from now on a SIGTERM is delivered only once cleanup is done."""
-        self.holding = True
-
-    def handle(self, signum: int, frame: object) -> None:
-        self.fired.append(signum)
-        if not self.holding:
-            raise KeyboardInterrupt(f"terminated by signal {signum}")
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[TerminateGuard]:
-    """While the block runs, SIGTERM raises KeyboardInterrupt, so the block unwinds (rollback, cleanup) as on Ctrl-C.
-
-    DuckDB turns an exception raised by a signal handler during a query into RuntimeError("Query interrupted"); the
-    guard remembers that it fired, and whatever the block then raises leaves it as KeyboardInterrupt. A SIGTERM that
-    arrives after `hold()` is re-delivered to the previous handler when the block ends. Handlers can only be set on
-    the main thread; elsewhere (the app's script threads) the process's own handling stays as it is.
-    """
-    guard = TerminateGuard()
-    if threading.current_thread() is not threading.main_thread():
-        yield guard
-        return
-    previous = signal.signal(signal.SIGTERM, guard.handle)
-    try:
-        yield guard
-    except BaseException as exc:
-        if guard.fired and not guard.holding and not isinstance(exc, KeyboardInterrupt):
-            raise KeyboardInterrupt(f"terminated by signal {guard.fired[0]}") from exc
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if guard.fired and guard.holding:
-            signal.raise_signal(guard.fired[0])
 
 
 @contextlib.contextmanager
