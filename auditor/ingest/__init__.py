@@ -159,7 +159,7 @@ def ingest_path(
             step()  # merged
         finally:
             for t in ("recs", "pairs", "raw_corpus", "raw_queries", "raw_qrels", "s_docs", "s_queries", "s_qrels",
-                      "s_cands"):
+                      "s_cands", "s_doc_keys", "s_doc_texts"):
                 con.execute(f"DROP TABLE IF EXISTS temp.{t}")
             if rejects:
                 rejects.close()

@@ -47,7 +47,14 @@ def pair_projection(layout: PairLayout) -> str:
 
 
 def stage_pairs(con: duckdb.DuckDBPyConnection, layout: PairLayout) -> None:
-    """From the checked `recs` table (see pair_projection; bad records already removed), fill the staging tables."""
+    """From the checked `recs` table (see pair_projection; bad records already removed), fill the staging tables.
+
+    Keys only: every (query, text) pair is staged as hashes plus a pointer to where its text sits in `recs` (record
+    row, list, position), never as the text itself. Grouping tens of millions of passages (most of them repeats of a
+    few million) by hash is then cheap, and only the texts of documents the store does not hold yet are copied out of
+    `recs`, once each, by their first pointer. Staging full texts cost a second and third copy of the whole input,
+    spilled to disk under the memory ceiling (bench/scale.py).
+    """
     ranked = layout.negatives_is_list or bool(layout.negative_ranks)
     con.execute(
         """
@@ -58,27 +65,39 @@ def stage_pairs(con: duckdb.DuckDBPyConnection, layout: PairLayout) -> None:
         """
     )
     con.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE pairs AS
-        SELECT substr(q_hash, 1, 16) AS query_id, md5(t) AS d_hash, t AS text, kind, idx, score FROM (
-            SELECT q_hash, unnest(pos) AS t, unnest(coalesce(pos_scores, [])) AS score,
-                   unnest(range(1, len(pos) + 1)) AS idx, 'pos' AS kind FROM recs
-            UNION ALL
-            SELECT q_hash, unnest(neg), unnest(coalesce(neg_scores, [])),
-                   unnest(coalesce(neg_rank, range(1, len(neg) + 1))), 'neg'
-            FROM recs
+        SELECT substr(q_hash, 1, 16) AS query_id, md5(t) AS d_hash, kind, idx, score, ptr FROM (
+            {_unnest_texts("q_hash, ")}
         ) WHERE t IS NOT NULL
         """
     )
-    con.execute("DROP TABLE recs")  # free memory before the heavy grouping: under the memory ceiling a spill is slow
+    # One row per distinct text: how often it occurs and where it first occurs (record row, list, position).
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE s_doc_keys AS
+        SELECT d_hash, count(*) AS occurrences, min(ptr) AS ptr FROM pairs GROUP BY d_hash
+        """
+    )
+    # The texts of the documents that are new to the store, read back from `recs` by their first pointer (a semi
+    # join: the pointers are the hash table, the texts stream past it).
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE s_doc_texts AS
+        SELECT u.ptr, u.t AS text FROM ({_unnest_texts("")}) u
+        SEMI JOIN (SELECT ptr FROM s_doc_keys WHERE substr(d_hash, 1, 16) NOT IN (SELECT doc_id FROM documents)) n
+             ON n.ptr = u.ptr
+        """
+    )
+    con.execute("DROP TABLE recs")
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE s_docs AS
-        SELECT substr(d_hash, 1, 16) AS doc_id, NULL::VARCHAR AS title, any_value(text) AS text,
-               d_hash AS text_hash, count(*) AS occurrences
-        FROM pairs GROUP BY d_hash
+        SELECT substr(d_hash, 1, 16) AS doc_id, NULL::VARCHAR AS title, t.text, d_hash AS text_hash, k.occurrences
+        FROM s_doc_keys k LEFT JOIN s_doc_texts t USING (ptr)
         """
     )
+    con.execute("DROP TABLE s_doc_keys; DROP TABLE s_doc_texts")
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE s_qrels AS
@@ -96,6 +115,27 @@ def stage_pairs(con: duckdb.DuckDBPyConnection, layout: PairLayout) -> None:
         """
     )
     con.execute("DROP TABLE pairs")
+
+
+#: A text's place in `recs` as one number: record row, list (positives 0, negatives 1) and 1-based position, in bits
+#: 24.., 23 and 0..22. A record is at most MAX_RECORD_BYTES (16 MiB) and a list item takes at least 3 bytes ("",
+#: would be blank and refused before), so a position is below 2**23.
+_PTR = "(rowid * 16777216 + {neg} * 8388608 + {k})"
+
+
+def _unnest_texts(extra: str) -> str:
+    """Every positive and negative text of `recs`, one row each: ``{extra}kind, ptr, t, score, idx`` where `kind` is
+    its list ('pos' | 'neg'), `ptr` its place in `recs` (see _PTR), `idx` the rank it stands for (its position, or the
+    number of an n-tuple's negative_<n> key) and `score` the teacher's score."""
+    pos_k, neg_k = "unnest(range(1, len(pos) + 1))", "unnest(range(1, len(neg) + 1))"
+    return f"""
+            SELECT {extra}'pos' AS kind, {_PTR.format(neg=0, k=pos_k)} AS ptr, unnest(pos) AS t,
+                   unnest(coalesce(pos_scores, [])) AS score, unnest(range(1, len(pos) + 1)) AS idx
+            FROM recs
+            UNION ALL
+            SELECT {extra}'neg', {_PTR.format(neg=1, k=neg_k)}, unnest(neg), unnest(coalesce(neg_scores, [])),
+                   unnest(coalesce(neg_rank, range(1, len(neg) + 1)))
+            FROM recs"""
 
 
 # --------------------------------------------------------------------------------------------------------------
