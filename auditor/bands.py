@@ -281,6 +281,18 @@ def _write_bands(con: duckdb.DuckDBPyConnection, config_name: str, model: str, c
         f"SELECT $config, model, query_id, doc_id, band, rule, weight FROM ({banded_sql(cfg)})",
         {"config": config_name, "model": model},
     )
+    mark_bands_written(con)
+
+
+#: ``meta`` key whose value changes with every write of ``bands`` (the review queue's cheap change check).
+BANDS_WRITTEN_KEY = "bands_written"
+
+
+def mark_bands_written(con: duckdb.DuckDBPyConnection) -> None:
+    """Record that ``bands`` changed. Every band write of auditor does it; code that rewrites band rows by hand
+    calls it too, or the review queue may keep serving its page of the old bands (it does not hash 10M rows per
+    item to find out)."""
+    con.execute("INSERT OR REPLACE INTO meta VALUES (?, CAST(uuid() AS VARCHAR))", [BANDS_WRITTEN_KEY])
 
 
 def _stored_counts(con: duckdb.DuckDBPyConnection, config_name: str, model: str) -> dict[str, int]:
