@@ -293,7 +293,7 @@ class BackgroundRefit:
     """Refits a store's risk in a background thread once ``refit_every`` verdicts arrived since the fit in force.
 
     The app calls :meth:`notify` after each verdict; the annotator never waits for a fit. One fit runs at a time; the
-    thread also rebuilds the export queue's snapshot for the new fit, so the next item is served from a warm table.
+    review queue then rebuilds its tables for the new fit in the background while serving the old ones.
     ``cursor`` returns a DuckDB cursor usable in the calling thread (``SharedStore.cursor``).
     """
 
@@ -323,11 +323,7 @@ class BackgroundRefit:
 
     def _work(self, model: str) -> None:
         try:
-            con = self._cursor()
-            fit(con, model, self.cfg)
-            from auditor.queue import build_queue
-
-            build_queue(con, mode="export", model=model, limit=1)  # warm the snapshot for the new fit
+            fit(self._cursor(), model, self.cfg)
             self.fits += 1
             self.last_error = None
         except Exception as exc:  # noqa: BLE001 - a failed background fit leaves the old risk in force
@@ -341,26 +337,13 @@ class BackgroundRefit:
 # explaining one item in words (the Review page and `auditor queue --texts`)
 
 
-def item_features(con: duckdb.DuckDBPyConnection, model: str, query_id: str, doc_id: str) -> dict[str, Any] | None:
-    """Feature values, prior, P(false negative) and its origin for one candidate."""
-    cur = con.execute(
-        f"""SELECT f.*, r.p_fn, r.origin, s.rank, s.bm25_rank, s.sim_to_pos, s.lex_to_pos, s.fused_rank,
-                   s.s_neg >= s.s_pos_min AS above_positive, rf.n_labels
-            FROM ({features_sql("AND query_id = $q")}) f
-            JOIN (SELECT * FROM scores WHERE model = $m AND query_id = $q AND doc_id = $d) s
-                 ON s.query_id = f.query_id AND s.doc_id = f.doc_id
-            LEFT JOIN (SELECT * FROM risk WHERE model = $m AND query_id = $q AND doc_id = $d) r
-                 ON r.query_id = f.query_id AND r.doc_id = f.doc_id
-            LEFT JOIN risk_fits rf ON rf.fit_id = r.fit_id
-            WHERE f.doc_id = $d""",
-        {"m": model, "q": query_id, "d": doc_id},
-    )
-    rows = cur.fetchall()
-    return dict(zip([d[0] for d in cur.description], rows[0])) if rows else None
-
-
 def drivers(f: dict[str, Any]) -> list[str]:
-    """What drove an item's risk, in words an annotator understands (most telling first)."""
+    """What drove an item's risk, in words an annotator understands (most telling first).
+
+    ``f`` holds the candidate's scores (rank, bm25_rank, sim_to_pos, lex_to_pos, fused_rank, s_neg, s_pos_min,
+    ce_neg, ce_pos), its teacher score and the positives' best (``teacher``, ``teacher_pos``), and its risk row
+    (origin, n_labels), as `auditor.review.item_context` reads them.
+    """
     out: list[str] = []
     if f.get("origin") == "verdict":
         out.append("already judged")
@@ -382,11 +365,11 @@ def drivers(f: dict[str, Any]) -> list[str]:
     lex = f.get("lex_to_pos")
     if lex is not None and lex >= 0.3:
         out.append(f"shares many words with the positive ({100 * lex:.0f}% of its self-match)")
-    if f.get("above_positive"):
+    if f.get("s_neg") is not None and f.get("s_pos_min") is not None and f["s_neg"] >= f["s_pos_min"]:
         out.append("scores at or above the positive")
-    if f.get("has_teacher") and (f.get("teacher_margin") or 0) >= 0:
+    if f.get("teacher") is not None and f.get("teacher_pos") is not None and f["teacher"] >= f["teacher_pos"]:
         out.append("the teacher scored it at or above the positive")
-    if f.get("has_ce") and (f.get("ce_margin") or 0) >= 0:
+    if f.get("ce_neg") is not None and f.get("ce_pos") is not None and f["ce_neg"] >= f["ce_pos"]:
         out.append("the cross-encoder scored it at or above the positive")
     if not out and f.get("fused_rank") is not None:
         out.append(f"#{f['fused_rank']} of its query when the views are combined")
