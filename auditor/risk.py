@@ -304,12 +304,14 @@ class BackgroundRefit:
         self.last_error: str | None = None
 
     def due(self, con: duckdb.DuckDBPyConnection, model: str) -> bool:
+        """Enough new verdicts since the fit in force: ``refit_every``, or ``refit_growth`` of the labels it saw."""
         fit_row = current_fit(con, model)
         seen = fit_row["last_event_id"] if fit_row else 0
+        labels = fit_row["n_labels"] if fit_row else 0
         new = con.execute(
             "SELECT count(*) FROM verdicts WHERE event_id > ? AND verdict <> 'undo'", [seen]
         ).fetchall()[0][0]
-        return new >= self.cfg.refit_every
+        return new >= max(self.cfg.refit_every, math.ceil(self.cfg.refit_growth * labels))
 
     def notify(self, model: str, wait: bool = False) -> bool:
         """Start a refit of ``model`` if one is due and none is running; True when one was started."""
