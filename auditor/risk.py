@@ -251,23 +251,11 @@ def fit(
 
 def _propagate(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig) -> int:
     """Lift the risk of near-duplicates of confirmed false negatives (same query, or near-duplicate queries)."""
-    parts = []
-    if cfg.propagate_doc is not None:
-        parts.append(f"""
-            SELECT r.query_id, r.doc_id, list_cosine_similarity(ef.vector, ec.vector) AS sim
-            FROM fn JOIN risk r ON r.model = $m AND r.query_id = fn.query_id AND r.doc_id <> fn.doc_id
-            JOIN documents df ON df.doc_id = fn.doc_id JOIN documents dc ON dc.doc_id = r.doc_id
-            JOIN embeddings ef ON ef.model = $m AND ef.role = 'document' AND ef.text_hash = df.text_hash
-            JOIN embeddings ec ON ec.model = $m AND ec.role = 'document' AND ec.text_hash = dc.text_hash
-            WHERE list_cosine_similarity(ef.vector, ec.vector) >= {float(cfg.propagate_doc)!r}""")
-    if cfg.propagate_query is not None:
-        parts.append(f"""
-            SELECT r.query_id, r.doc_id, list_cosine_similarity(eq.vector, eo.vector) AS sim
-            FROM fn JOIN risk r ON r.model = $m AND r.doc_id = fn.doc_id AND r.query_id <> fn.query_id
-            JOIN queries qf ON qf.query_id = fn.query_id JOIN queries qo ON qo.query_id = r.query_id
-            JOIN embeddings eq ON eq.model = $m AND eq.role = 'query' AND eq.text_hash = qf.text_hash
-            JOIN embeddings eo ON eo.model = $m AND eo.role = 'query' AND eo.text_hash = qo.text_hash
-            WHERE list_cosine_similarity(eq.vector, eo.vector) >= {float(cfg.propagate_query)!r}""")
+    parts = [
+        _near_sql(role, threshold)
+        for role, threshold in (("document", cfg.propagate_doc), ("query", cfg.propagate_query))
+        if threshold is not None
+    ]
     if not parts:
         return 0
     lifted = con.execute(
@@ -282,6 +270,25 @@ def _propagate(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig) -> i
         {"m": model},
     ).fetchall()
     return int(lifted[0][0]) if lifted else 0
+
+
+def _near_sql(role: str, threshold: float) -> str:
+    """Candidates whose document (role 'document': same query) or query (role 'query': same document) is within
+    ``threshold`` cosine of a confirmed false negative's (rows of ``fn``), with that cosine."""
+    from auditor.mine import query_hash_sql
+
+    table, key, same = ("documents", "doc_id", "query_id") if role == "document" else ("queries", "query_id", "doc_id")
+
+    def cache_key(t: str) -> str:  # the hash a text's vector is cached under (a query's includes its prompt)
+        return f"{t}.text_hash" if role == "document" else query_hash_sql(t)
+
+    return f"""
+        SELECT r.query_id, r.doc_id, list_cosine_similarity(ef.vector, eo.vector) AS sim
+        FROM fn JOIN risk r ON r.model = $m AND r.{same} = fn.{same} AND r.{key} <> fn.{key}
+        JOIN {table} tf ON tf.{key} = fn.{key} JOIN {table} tob ON tob.{key} = r.{key}
+        JOIN embeddings ef ON ef.model = $m AND ef.role = '{role}' AND ef.text_hash = {cache_key('tf')}
+        JOIN embeddings eo ON eo.model = $m AND eo.role = '{role}' AND eo.text_hash = {cache_key('tob')}
+        WHERE list_cosine_similarity(ef.vector, eo.vector) >= {float(threshold)!r}"""
 
 
 def refit_if_stale(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig = RiskConfig()) -> FitSummary | None:
