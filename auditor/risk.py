@@ -251,23 +251,11 @@ def fit(
 
 def _propagate(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig) -> int:
     """Lift the risk of near-duplicates of confirmed false negatives (same query, or near-duplicate queries)."""
-    parts = []
-    if cfg.propagate_doc is not None:
-        parts.append(f"""
-            SELECT r.query_id, r.doc_id, list_cosine_similarity(ef.vector, ec.vector) AS sim
-            FROM fn JOIN risk r ON r.model = $m AND r.query_id = fn.query_id AND r.doc_id <> fn.doc_id
-            JOIN documents df ON df.doc_id = fn.doc_id JOIN documents dc ON dc.doc_id = r.doc_id
-            JOIN embeddings ef ON ef.model = $m AND ef.role = 'document' AND ef.text_hash = df.text_hash
-            JOIN embeddings ec ON ec.model = $m AND ec.role = 'document' AND ec.text_hash = dc.text_hash
-            WHERE list_cosine_similarity(ef.vector, ec.vector) >= {float(cfg.propagate_doc)!r}""")
-    if cfg.propagate_query is not None:
-        parts.append(f"""
-            SELECT r.query_id, r.doc_id, list_cosine_similarity(eq.vector, eo.vector) AS sim
-            FROM fn JOIN risk r ON r.model = $m AND r.doc_id = fn.doc_id AND r.query_id <> fn.query_id
-            JOIN queries qf ON qf.query_id = fn.query_id JOIN queries qo ON qo.query_id = r.query_id
-            JOIN embeddings eq ON eq.model = $m AND eq.role = 'query' AND eq.text_hash = qf.text_hash
-            JOIN embeddings eo ON eo.model = $m AND eo.role = 'query' AND eo.text_hash = qo.text_hash
-            WHERE list_cosine_similarity(eq.vector, eo.vector) >= {float(cfg.propagate_query)!r}""")
+    parts = [
+        _near_sql(role, threshold)
+        for role, threshold in (("document", cfg.propagate_doc), ("query", cfg.propagate_query))
+        if threshold is not None
+    ]
     if not parts:
         return 0
     lifted = con.execute(
@@ -284,6 +272,25 @@ def _propagate(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig) -> i
     return int(lifted[0][0]) if lifted else 0
 
 
+def _near_sql(role: str, threshold: float) -> str:
+    """Candidates whose document (role 'document': same query) or query (role 'query': same document) is within
+    ``threshold`` cosine of a confirmed false negative's (rows of ``fn``), with that cosine."""
+    from auditor.mine import query_hash_sql
+
+    table, key, same = ("documents", "doc_id", "query_id") if role == "document" else ("queries", "query_id", "doc_id")
+
+    def cache_key(t: str) -> str:  # the hash a text's vector is cached under (a query's includes its prompt)
+        return f"{t}.text_hash" if role == "document" else query_hash_sql(t)
+
+    return f"""
+        SELECT r.query_id, r.doc_id, list_cosine_similarity(ef.vector, eo.vector) AS sim
+        FROM fn JOIN risk r ON r.model = $m AND r.{same} = fn.{same} AND r.{key} <> fn.{key}
+        JOIN {table} tf ON tf.{key} = fn.{key} JOIN {table} tob ON tob.{key} = r.{key}
+        JOIN embeddings ef ON ef.model = $m AND ef.role = '{role}' AND ef.text_hash = {cache_key('tf')}
+        JOIN embeddings eo ON eo.model = $m AND eo.role = '{role}' AND eo.text_hash = {cache_key('tob')}
+        WHERE list_cosine_similarity(ef.vector, eo.vector) >= {float(threshold)!r}"""
+
+
 def refit_if_stale(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig = RiskConfig()) -> FitSummary | None:
     """Refit when verdicts arrived since the fit in force; None when it is current."""
     return fit(con, model, cfg) if is_stale(con, model) else None
@@ -293,7 +300,7 @@ class BackgroundRefit:
     """Refits a store's risk in a background thread once ``refit_every`` verdicts arrived since the fit in force.
 
     The app calls :meth:`notify` after each verdict; the annotator never waits for a fit. One fit runs at a time; the
-    thread also rebuilds the export queue's snapshot for the new fit, so the next item is served from a warm table.
+    review queue then rebuilds its tables for the new fit in the background while serving the old ones.
     ``cursor`` returns a DuckDB cursor usable in the calling thread (``SharedStore.cursor``).
     """
 
@@ -304,12 +311,14 @@ class BackgroundRefit:
         self.last_error: str | None = None
 
     def due(self, con: duckdb.DuckDBPyConnection, model: str) -> bool:
+        """Enough new verdicts since the fit in force: ``refit_every``, or ``refit_growth`` of the labels it saw."""
         fit_row = current_fit(con, model)
         seen = fit_row["last_event_id"] if fit_row else 0
+        labels = fit_row["n_labels"] if fit_row else 0
         new = con.execute(
             "SELECT count(*) FROM verdicts WHERE event_id > ? AND verdict <> 'undo'", [seen]
         ).fetchall()[0][0]
-        return new >= self.cfg.refit_every
+        return new >= max(self.cfg.refit_every, math.ceil(self.cfg.refit_growth * labels))
 
     def notify(self, model: str, wait: bool = False) -> bool:
         """Start a refit of ``model`` if one is due and none is running; True when one was started."""
@@ -323,11 +332,7 @@ class BackgroundRefit:
 
     def _work(self, model: str) -> None:
         try:
-            con = self._cursor()
-            fit(con, model, self.cfg)
-            from auditor.queue import build_queue
-
-            build_queue(con, mode="export", model=model, limit=1)  # warm the snapshot for the new fit
+            fit(self._cursor(), model, self.cfg)
             self.fits += 1
             self.last_error = None
         except Exception as exc:  # noqa: BLE001 - a failed background fit leaves the old risk in force
@@ -341,26 +346,13 @@ class BackgroundRefit:
 # explaining one item in words (the Review page and `auditor queue --texts`)
 
 
-def item_features(con: duckdb.DuckDBPyConnection, model: str, query_id: str, doc_id: str) -> dict[str, Any] | None:
-    """Feature values, prior, P(false negative) and its origin for one candidate."""
-    cur = con.execute(
-        f"""SELECT f.*, r.p_fn, r.origin, s.rank, s.bm25_rank, s.sim_to_pos, s.lex_to_pos, s.fused_rank,
-                   s.s_neg >= s.s_pos_min AS above_positive, rf.n_labels
-            FROM ({features_sql("AND query_id = $q")}) f
-            JOIN (SELECT * FROM scores WHERE model = $m AND query_id = $q AND doc_id = $d) s
-                 ON s.query_id = f.query_id AND s.doc_id = f.doc_id
-            LEFT JOIN (SELECT * FROM risk WHERE model = $m AND query_id = $q AND doc_id = $d) r
-                 ON r.query_id = f.query_id AND r.doc_id = f.doc_id
-            LEFT JOIN risk_fits rf ON rf.fit_id = r.fit_id
-            WHERE f.doc_id = $d""",
-        {"m": model, "q": query_id, "d": doc_id},
-    )
-    rows = cur.fetchall()
-    return dict(zip([d[0] for d in cur.description], rows[0])) if rows else None
-
-
 def drivers(f: dict[str, Any]) -> list[str]:
-    """What drove an item's risk, in words an annotator understands (most telling first)."""
+    """What drove an item's risk, in words an annotator understands (most telling first).
+
+    ``f`` holds the candidate's scores (rank, bm25_rank, sim_to_pos, lex_to_pos, fused_rank, s_neg, s_pos_min,
+    ce_neg, ce_pos), its teacher score and the positives' best (``teacher``, ``teacher_pos``), and its risk row
+    (origin, n_labels), as `auditor.review.item_context` reads them.
+    """
     out: list[str] = []
     if f.get("origin") == "verdict":
         out.append("already judged")
@@ -382,11 +374,11 @@ def drivers(f: dict[str, Any]) -> list[str]:
     lex = f.get("lex_to_pos")
     if lex is not None and lex >= 0.3:
         out.append(f"shares many words with the positive ({100 * lex:.0f}% of its self-match)")
-    if f.get("above_positive"):
+    if f.get("s_neg") is not None and f.get("s_pos_min") is not None and f["s_neg"] >= f["s_pos_min"]:
         out.append("scores at or above the positive")
-    if f.get("has_teacher") and (f.get("teacher_margin") or 0) >= 0:
+    if f.get("teacher") is not None and f.get("teacher_pos") is not None and f["teacher"] >= f["teacher_pos"]:
         out.append("the teacher scored it at or above the positive")
-    if f.get("has_ce") and (f.get("ce_margin") or 0) >= 0:
+    if f.get("ce_neg") is not None and f.get("ce_pos") is not None and f["ce_neg"] >= f["ce_pos"]:
         out.append("the cross-encoder scored it at or above the positive")
     if not out and f.get("fused_rank") is not None:
         out.append(f"#{f['fused_rank']} of its query when the views are combined")
