@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from auditor.config import DEFAULT_MODEL, MineConfig
+from auditor.config import DEFAULT_MODEL, MineConfig, RayConfig
 from auditor.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,12 @@ Progress = Callable[[int, int], None]
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2", "all-minilm-l6-v2"}
 
 ROLES = ("query", "document")
+
+#: Where a model runs: see load_model.
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Where texts are encoded: this process, or a Ray Data job (auditor.ray_engine).
+ENGINES = ("local", "ray")
 
 
 def _looks_like_path(name: str) -> bool:
@@ -64,14 +70,23 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def load_model(name_or_path: str = DEFAULT_MODEL) -> Any:
-    """Load a SentenceTransformer once per process; offline only (a name must be a local folder or cached)."""
+def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto") -> Any:
+    """Load a SentenceTransformer once per process; offline only (a name must be a local folder or cached).
+
+    ``device`` is "auto" (cuda when torch sees a GPU), "cpu" or "cuda"; asking for cuda without one is an error
+    rather than a silent crawl on the CPU.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda" and not _cuda():
+        raise StoreError("--device cuda: torch sees no GPU here (a CPU build of torch, or no driver); use --device "
+                         "cpu or auto, or install a CUDA build of torch")
     path = resolve_model_path(name_or_path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
     try:
-        return SentenceTransformer(path, device="cpu" if not _cuda() else None)
+        return SentenceTransformer(path, device=device if device != "auto" else ("cuda" if _cuda() else "cpu"))
     except Exception as exc:  # noqa: BLE001 - the library raises many kinds; the user needs one message
         raise StoreError(
             f"cannot load model {name_or_path!r}: it is not a local sentence-transformers folder and is not in the "
@@ -124,16 +139,15 @@ def embed_texts(
     batch_size: int = MineConfig.batch_size,
     chunk_size: int = MineConfig.embed_chunk,
     progress: Progress | None = None,
+    engine: str = MineConfig.engine,
+    device: str = MineConfig.device,
+    ray_config: RayConfig | None = None,
 ) -> EmbedResult:
     """Make sure every (text_hash, text) in `rows` has a vector for (model, role); encode only the missing ones.
 
     `rows` is either an iterable of (text_hash, text) or a SQL SELECT returning columns ``text_hash, text`` (so a
-    million documents never pass through Python when they are already cached). Texts are encoded longest first in
-    chunks (little padding), each chunk written at once, so an interrupted run keeps what it finished.
+    million documents never pass through Python when they are already cached). See embed_many.
     """
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    key = model_key(model_name)
     if isinstance(rows, str):
         src = rows
     else:
@@ -145,46 +159,138 @@ def embed_texts(
         con.register("_embed_rows", tbl)
         src = "SELECT text_hash, text FROM _embed_rows"
     try:
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _embed_todo AS
-            SELECT row_number() OVER (ORDER BY length(text) DESC, text_hash) AS rn, text_hash, text FROM (
-                SELECT text_hash, any_value(text) AS text FROM ({src}) r
-                WHERE text_hash NOT IN (SELECT text_hash FROM embeddings WHERE model = $m AND role = $r)
-                GROUP BY text_hash)""",
-            {"m": key, "r": role},
-        )
-        requested = con.execute(f"SELECT count(DISTINCT text_hash) FROM ({src})").fetchall()[0][0]
-        todo = con.execute("SELECT count(*) FROM _embed_todo").fetchall()[0][0]
-        if todo:
-            log.info("embedding %d %s texts with %s (%d cached)", todo, role, key, requested - todo)
-            model = load_model(model_name)
-            done = 0
-            if progress:
-                progress(0, todo)
-            for start in range(1, todo + 1, chunk_size):
-                part = con.execute(
-                    "SELECT text_hash, text FROM _embed_todo WHERE rn >= ? AND rn < ? ORDER BY rn",
-                    [start, start + chunk_size],
-                ).fetchall()
-                hashes = [h for h, _ in part]
-                vecs = encode(model, [t for _, t in part], role, batch_size=batch_size)
-                out = pa.table({
-                    "model": pa.array([key] * len(hashes)),
-                    "role": pa.array([role] * len(hashes)),
-                    "text_hash": pa.array(hashes),
-                    "vector": _vectors_to_arrow(vecs),
-                })
-                con.register("_embed_out", out)
-                con.execute("INSERT INTO embeddings SELECT model, role, text_hash, vector FROM _embed_out")
-                con.unregister("_embed_out")
-                done += len(part)
-                if progress:
-                    progress(done, todo)
-        return EmbedResult(requested=requested, encoded=todo)
+        return embed_many(
+            con, model_name, {role: src}, batch_size=batch_size, chunk_size=chunk_size,
+            progress=None if progress is None else (lambda _role, done, todo: progress(done, todo)),
+            engine=engine, device=device, ray_config=ray_config,
+        )[role]
     finally:
-        con.execute("DROP TABLE IF EXISTS _embed_todo")
         if not isinstance(rows, str):
             con.unregister("_embed_rows")
+
+
+def embed_many(
+    con: duckdb.DuckDBPyConnection,
+    model_name: str,
+    sources: dict[str, str],
+    *,
+    batch_size: int = MineConfig.batch_size,
+    chunk_size: int = MineConfig.embed_chunk,
+    progress: Callable[[str, int, int], None] | None = None,
+    engine: str = MineConfig.engine,
+    device: str = MineConfig.device,
+    ray_config: RayConfig | None = None,
+) -> dict[str, EmbedResult]:
+    """For each role, a SELECT of ``text_hash, text``: encode the texts that have no vector for (model, role) yet.
+
+    The missing texts are found in SQL (an anti-join on the cache) and encoded longest first in chunks (little
+    padding), each chunk written at once, so an interrupted run keeps what it finished. ``progress(role, done,
+    todo)`` ticks per role.
+
+    ``engine="ray"`` encodes the same missing texts, of all roles together, as Ray Data jobs (auditor.ray_engine)
+    of ``ray_config.window`` texts each — one job where the local engine would load the model once: starting a
+    pool of model replicas costs tens of seconds — and writes the vectors under the same keys, so what follows
+    (search, scores) cannot tell the engines apart.
+    """
+    unknown = set(sources) - set(ROLES)
+    if unknown:
+        raise ValueError(f"role must be one of {ROLES}, got {sorted(unknown)}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    key = model_key(model_name)
+    todo_sql = " UNION ALL ".join(
+        f"""SELECT '{role}' AS role, text_hash, any_value(text) AS text FROM ({src}) r
+            WHERE text_hash NOT IN (SELECT text_hash FROM embeddings WHERE model = $m AND role = '{role}')
+            GROUP BY text_hash"""
+        for role, src in sources.items()
+    )
+    try:
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _embed_todo AS
+            SELECT row_number() OVER (ORDER BY role, length(text) DESC, text_hash) AS rn, role, text_hash, text
+            FROM ({todo_sql})""",
+            {"m": key},
+        )
+        counts = dict(con.execute("SELECT role, count(*) FROM _embed_todo GROUP BY role").fetchall())
+        results = {}
+        for role, src in sources.items():
+            requested = con.execute(f"SELECT count(DISTINCT text_hash) FROM ({src})").fetchall()[0][0]
+            results[role] = EmbedResult(requested=requested, encoded=int(counts.get(role, 0)))
+        total = sum(counts.values())
+        if not total:
+            return results
+        for role, r in results.items():
+            if r.encoded:
+                log.info("embedding %d %s texts with %s on %s (%d cached)", r.encoded, role, key, engine, r.cached)
+            if progress:
+                progress(role, 0, r.encoded)
+        if engine == "ray":
+            from auditor.ray_engine import encode_on_ray
+
+            window = (ray_config or RayConfig()).window
+            chunks = encode_on_ray(
+                (_todo_part(con, start, start + window) for start in range(1, total + 1, window)),
+                model_name, batch_size=batch_size, device=device, config=ray_config or RayConfig(),
+            )
+        else:
+            chunks = _encode_local(con, model_name, total, batch_size, chunk_size, device)
+        done = dict.fromkeys(results, 0)
+        for role, hashes, vecs in chunks:
+            _store_vectors(con, key, role, hashes, vecs)
+            done[role] += len(hashes)
+            if progress:
+                progress(role, done[role], results[role].encoded)
+        for role, r in results.items():
+            if done[role] != r.encoded:
+                raise StoreError(f"the {engine} engine returned {done[role]} {role} vectors for {r.encoded} texts")
+        return results
+    finally:
+        con.execute("DROP TABLE IF EXISTS _embed_todo")
+
+
+def _todo_part(con: duckdb.DuckDBPyConnection, lo: int, hi: int) -> pa.Table:
+    """Rows ``lo <= rn < hi`` of ``_embed_todo`` (by role, longest texts first): columns role, text_hash, text."""
+    return con.sql(
+        "SELECT role, text_hash, text FROM _embed_todo WHERE rn >= $lo AND rn < $hi ORDER BY rn",
+        params={"lo": lo, "hi": hi},
+    ).to_arrow_table()
+
+
+def _encode_local(con: duckdb.DuckDBPyConnection, model_name: str, total: int, batch_size: int,
+                  chunk_size: int, device: str) -> Iterator[tuple[str, list[str], np.ndarray]]:
+    """The local engine: ``_embed_todo`` in chunks through one model in this process; yields (role, hashes,
+    vectors), one role per chunk."""
+    model = load_model(model_name, device)
+    for start in range(1, total + 1, chunk_size):
+        part = _todo_part(con, start, start + chunk_size)
+        for role, hashes, texts in split_roles(part):
+            yield role, hashes, encode(model, texts, role, batch_size=batch_size)
+
+
+def split_roles(part: pa.Table) -> Iterator[tuple[str, list[str], list[str]]]:
+    """(role, hashes, texts) for each role present in ``part`` (columns role, text_hash, text), in first-seen order:
+    a query and a document are encoded with different prompts, so never in one call."""
+    roles = part.column("role").to_pylist()
+    hashes = part.column("text_hash").to_pylist()
+    texts = part.column("text").to_pylist()
+    for role in dict.fromkeys(roles):
+        pick = [i for i, r in enumerate(roles) if r == role]
+        yield role, [hashes[i] for i in pick], [texts[i] for i in pick]
+
+
+def _store_vectors(con: duckdb.DuckDBPyConnection, key: str, role: str, hashes: list[str], vecs: np.ndarray) -> None:
+    """Append one chunk of vectors to the cache (``embeddings``), whichever engine encoded it."""
+    out = pa.table({
+        "model": pa.array([key] * len(hashes)),
+        "role": pa.array([role] * len(hashes)),
+        "text_hash": pa.array(hashes, pa.string()),
+        "vector": _vectors_to_arrow(vecs),
+    })
+    con.register("_embed_out", out)
+    try:
+        con.execute("INSERT INTO embeddings SELECT model, role, text_hash, vector FROM _embed_out")
+    finally:
+        con.unregister("_embed_out")
 
 
 def fetch_matrix(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> tuple[list[Any], np.ndarray]:

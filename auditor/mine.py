@@ -20,8 +20,8 @@ import pyarrow as pa
 
 from auditor import bands as bands_mod
 from auditor import risk as risk_mod
-from auditor.config import DEFAULT_BAND_CONFIG, DEFAULT_MODEL, MineConfig
-from auditor.embed import embed_texts, fetch_matrix, model_key, resolve_model_path
+from auditor.config import DEFAULT_BAND_CONFIG, DEFAULT_MODEL, MineConfig, RayConfig
+from auditor.embed import embed_many, fetch_matrix, model_key, resolve_model_path
 from auditor.store import StoreError, transaction
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,10 @@ class MineSummary:
     scored_candidates: int = 0  #: rows of ``scores`` for this model, all sources
     bands: dict[str, int] = field(default_factory=dict)
     risk: risk_mod.FitSummary | None = None  #: the risk fit written with the scores (prior, or prior + verdicts)
+    index: str = ""  #: the FAISS index searched ("flat" or "ivf")
+    nlist: int = 0  #: IVF cells (ivf only)
+    nprobe: int = 0  #: IVF cells visited per query (ivf only)
+    recall: float | None = None  #: IVF only: share of exact top-k found, on a sample of queries
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -70,6 +74,31 @@ def _stage(progress_cb: Callable[[str, int, int], None] | None, name: str) -> Pr
     if progress_cb is None:
         return None
     return lambda done, total: progress_cb(name, done, total)
+
+
+def choose_index(index: str, n_docs: int, cfg: MineConfig) -> str:
+    """"flat" or "ivf" for ``index`` ("auto": IVF past ``cfg.ivf_min_docs`` documents, where exact search of every
+    query costs hours on CPU; below it exact search is affordable and loses nothing)."""
+    if index == "auto":
+        return "ivf" if n_docs > cfg.ivf_min_docs else "flat"
+    if index not in ("flat", "ivf"):
+        raise ValueError(f"index must be 'auto', 'flat' or 'ivf', got {index!r}")
+    return index
+
+
+def ivf_recall(index, D: np.ndarray, Q: np.ndarray, k: int, sample: int, seed: int = 0) -> float:
+    """recall@k of ``index`` against exact search: the share of each sampled query's exact top-k that the index
+    also returns, averaged over ``sample`` queries drawn with a fixed seed (exact search of a sample is cheap)."""
+    import faiss
+
+    if not len(Q) or not k:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(Q), min(sample, len(Q)), replace=False))
+    _, exact = faiss.knn(Q[pick], D, k, metric=faiss.METRIC_INNER_PRODUCT)  # brute force, no copy of D
+    _, approx = index.search(Q[pick], k)
+    found = sum(len(np.intersect1d(e[e >= 0], a[a >= 0])) for e, a in zip(exact, approx))
+    return found / max(1, int((exact >= 0).sum()))
 
 
 def _build_index(vectors: np.ndarray, kind: str, cfg: MineConfig):
@@ -108,19 +137,22 @@ def mine(
     model_name: str = DEFAULT_MODEL,
     depth: int = MineConfig.depth,
     source: str | None = None,
-    index: str = "flat",
+    index: str | None = None,
     progress: Progress | None = None,
     *,
     stage_progress: Callable[[str, int, int], None] | None = None,
     config: MineConfig = MineConfig(),
     band_config: str = DEFAULT_BAND_CONFIG,
+    ray_config: RayConfig | None = None,
 ) -> MineSummary:
     """Embed, search, store top-`depth` candidates under `source`, score every candidate, assign default bands.
 
     `progress(done, total)` reports embedding progress over all texts (documents then queries); `stage_progress(
     stage, done, total)` reports per stage ("documents", "queries", "search", "score") for richer UIs.
-    Re-running replaces this source's candidates and this model's scores (idempotent).
+    Re-running replaces this source's candidates and this model's scores (idempotent). ``index`` overrides
+    ``config.index``; ``config.engine`` "ray" encodes on Ray (``ray_config``), which changes nothing downstream.
     """
+    index = index or config.index
     if depth < 1:
         raise ValueError("depth must be >= 1")
     resolve_model_path(model_name)  # a missing model folder is reported before any work
@@ -158,29 +190,26 @@ def mine(
     n_d_texts = con.execute("SELECT count(DISTINCT text_hash) FROM documents").fetchall()[0][0]
     total = n_q_texts + n_d_texts
 
-    def overall(offset: int, stage: str) -> Progress | None:
-        sp = _stage(stage_progress, stage)
-        if progress is None and sp is None:
-            return None
+    offsets, stages = {"document": 0, "query": n_d_texts}, {"document": "documents", "query": "queries"}
 
-        def cb(done: int, todo: int) -> None:
-            if progress:
-                progress(offset + done, total)
-            if sp:
-                sp(done, todo)
+    def tick(role: str, done: int, todo: int) -> None:
+        if progress:
+            progress(offsets[role] + done, total)
+        sp = _stage(stage_progress, stages[role])
+        if sp:
+            sp(done, todo)
 
-        return cb
-
-    r = embed_texts(con, model_name, "document", f"SELECT text_hash, {doc_text_sql()} AS text FROM documents",
-                    batch_size=config.batch_size, progress=overall(0, "documents"))
-    summary.embedded_documents = r.encoded
-    r = embed_texts(
-        con, model_name, "query",
-        f"SELECT {query_hash_sql()} AS text_hash, {query_text_sql()} AS text FROM queries "
-        f"WHERE query_id IN (SELECT query_id FROM ({pos_sql}))",
-        batch_size=config.batch_size, progress=overall(n_d_texts, "queries"),
+    # Both roles in one call: the Ray engine then starts its pool of model replicas once.
+    r = embed_many(
+        con, model_name,
+        {"document": f"SELECT text_hash, {doc_text_sql()} AS text FROM documents",
+         "query": f"SELECT {query_hash_sql()} AS text_hash, {query_text_sql()} AS text FROM queries "
+                  f"WHERE query_id IN (SELECT query_id FROM ({pos_sql}))"},
+        batch_size=config.batch_size, progress=tick if progress or stage_progress else None,
+        engine=config.engine, device=config.device, ray_config=ray_config,
     )
-    summary.embedded_queries = r.encoded
+    summary.embedded_documents = r["document"].encoded
+    summary.embedded_queries = r["query"].encoded
     if progress:
         progress(total, total)
     summary.seconds["embed"] = time.perf_counter() - t0
@@ -213,8 +242,15 @@ def mine(
         max_pos = int(np.bincount(pos_qi, minlength=len(query_ids)).max()) if len(pos_qi) else 0
 
         # --- search ---
-        index_obj = _build_index(D, index, config)
+        kind = choose_index(index, len(doc_ids), config)
+        index_obj = _build_index(D, kind, config)
         k = min(len(doc_ids), depth + max_pos)
+        summary.index = kind
+        if kind == "ivf":
+            summary.nlist, summary.nprobe = int(index_obj.nlist), int(index_obj.nprobe)
+            summary.recall = ivf_recall(index_obj, D, Q, k, config.ivf_recall_queries)
+            log.info("IVF index: nlist %d, nprobe %d, recall@%d %.4f against exact search on %d sampled queries",
+                     summary.nlist, summary.nprobe, k, summary.recall, min(len(Q), config.ivf_recall_queries))
         hit_q, hit_d, hit_rank, hit_score = [], [], [], []
         pos_keys = pos_qi * len(doc_ids) + pos_di
         sp = _stage(stage_progress, "search")

@@ -298,3 +298,31 @@ def test_a_blank_positive_is_no_anchor(mined):
                        WHERE r.query_id = '125' AND r.relevant AND trim(d.text) <> ''""")[0][0]
     assert real >= 1 and s_pos_min > 0.2  # an empty text's cosine to any query is near 0
     assert s_pos_max >= s_pos_min
+
+
+def test_ivf_searching_every_cell_equals_the_flat_index(mined):
+    from auditor.mine import mine
+
+    cfg = MineConfig(index="ivf", ivf_nlist=16, ivf_nprobe=16)  # nprobe = nlist: every cell, an exhaustive search
+    s = mine(mined, source="ivf-all", config=cfg)
+    assert (s.index, s.nlist, s.nprobe) == ("ivf", 16, 16) and s.recall == 1.0
+    flat = q(mined, "SELECT query_id, doc_id, source_rank, source_score FROM candidates WHERE source = ? "
+                    "ORDER BY query_id, source_rank", SRC)
+    ivf = q(mined, "SELECT query_id, doc_id, source_rank, source_score FROM candidates WHERE source = 'ivf-all' "
+                   "ORDER BY query_id, source_rank")
+    assert len(ivf) == len(flat) == 225 * MineConfig.depth
+    assert {(r[0], r[1]) for r in ivf} == {(r[0], r[1]) for r in flat}
+    assert np.allclose([r[3] for r in ivf], [r[3] for r in flat], atol=1e-5)
+
+
+def test_ivf_recall_is_measured_against_exact_search(mined):
+    from auditor.mine import choose_index, mine
+
+    s = mine(mined, source="ivf-1", config=MineConfig(index="ivf", ivf_nlist=16, ivf_nprobe=1))
+    assert s.nprobe == 1 and 0 < s.recall < 1  # one cell of 16 misses some of the exact top-k
+    found = q(mined, """SELECT count(*) FROM candidates a JOIN candidates b USING (query_id, doc_id)
+                        WHERE a.source = ? AND b.source = 'ivf-1'""", SRC)[0][0] / (225 * MineConfig.depth)
+    assert abs(found - s.recall) < 0.1  # the sampled recall@k tracks the overlap with the flat candidates
+    cfg = MineConfig(ivf_min_docs=1000)
+    assert [choose_index("auto", n, cfg) for n in (1000, 1001)] == ["flat", "ivf"]
+    assert choose_index("flat", 10**9, cfg) == "flat"

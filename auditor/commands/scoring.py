@@ -50,20 +50,27 @@ def cmd_mine(args: argparse.Namespace) -> int:
     con = _store(args.db)
     from auditor.config import MineConfig
 
-    cfg = replace(MineConfig(), batch_size=args.batch_size, index=args.index)
+    from auditor.config import RayConfig
+
+    cfg = replace(MineConfig(), batch_size=args.batch_size, index=args.index, ivf_nlist=args.nlist,
+                  ivf_nprobe=args.nprobe, engine=args.engine, device=args.device)
+    ray_cfg = replace(RayConfig(), address=args.ray_address, actors=args.ray_actors)
     from auditor.signals import interrupt_on_signals
 
     bars = _Bars()
     try:
         with interrupt_on_signals(con):  # Ctrl-C or SIGTERM: the transaction rolls back, the store stays as it was
             s = mine(con, model_name=args.model, depth=args.depth, source=args.source, index=args.index,
-                     stage_progress=bars, config=cfg, band_config=args.config)
+                     stage_progress=bars, config=cfg, band_config=args.config, ray_config=ray_cfg)
     finally:
         bars.close()
     print(f"model {s.model}, source {s.source}, depth {s.depth}")
     print(f"queries searched {s.queries}, skipped without a positive {s.queries_without_positive}")
     print(f"encoded {s.embedded_documents} documents and {s.embedded_queries} queries (the rest were cached)")
     print(f"candidates mined {s.mined_candidates}, scored (all sources) {s.scored_candidates}")
+    if s.index == "ivf":
+        print(f"index ivf: nlist {s.nlist}, nprobe {s.nprobe}, recall@{s.depth}+positives {s.recall:.4f} against "
+              f"exact search on {min(s.queries, cfg.ivf_recall_queries)} sampled queries")
     if args.cross_encoder:
         n = cross_encode(con, args.cross_encoder, model=s.model, config=args.config)
         print(f"cross-encoder rescored {n} suspicious/ambiguous candidates")
@@ -179,7 +186,7 @@ _UNSET = _Unset()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from auditor.config import DEFAULT_BAND_CONFIG, DEFAULT_MODEL, ExportConfig, MineConfig
+    from auditor.config import DEFAULT_BAND_CONFIG, DEFAULT_MODEL, ExportConfig, MineConfig, RayConfig
 
     p = subparsers.add_parser(
         "mine", help="embed, mine candidates with FAISS, score every candidate, assign bands",
@@ -193,8 +200,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"sentence-transformers model name or local folder (default {DEFAULT_MODEL}, shipped)")
     p.add_argument("--depth", type=int, default=MineConfig.depth, help="candidates kept per query (default %(default)s)")
     p.add_argument("--source", default=None, help="source name of the mined candidates (default mined:MODEL)")
-    p.add_argument("--index", choices=["flat", "ivf"], default=MineConfig.index,
-                   help="flat: exact search (default); ivf: approximate, for corpora of millions")
+    p.add_argument("--index", choices=["auto", "flat", "ivf"], default=MineConfig.index,
+                   help=f"auto (default): exact search up to {MineConfig.ivf_min_docs:,} documents, IVF beyond; "
+                        "flat: exact search; ivf: approximate (FAISS IndexIVFFlat), for corpora of millions, its "
+                        "recall@depth against exact search is printed")
+    p.add_argument("--nlist", type=int, default=MineConfig.ivf_nlist, metavar="N",
+                   help="IVF cells (default: about 4*sqrt(documents))")
+    p.add_argument("--nprobe", type=int, default=MineConfig.ivf_nprobe, metavar="N",
+                   help="IVF cells searched per query (default %(default)s; more = slower and closer to exact; "
+                        "equal to --nlist = exact)")
+    p.add_argument("--engine", choices=["local", "ray"], default=MineConfig.engine,
+                   help="where texts missing from the embedding cache are encoded: local (this process, default) "
+                        "or ray (a Ray Data job over an actor pool, one model per CPU or GPU slot; needs "
+                        "pip install 'auditor[ray]')")
+    p.add_argument("--ray-address", default=RayConfig.address, metavar="ADDR",
+                   help="with --engine ray: the Ray cluster to join (e.g. ray://head:10001 or auto); default: "
+                        "start a local Ray instance for this run")
+    p.add_argument("--ray-actors", type=int, default=RayConfig.actors, metavar="N",
+                   help="with --engine ray: model replicas (default: one per CPU slot, or per GPU with cuda)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=MineConfig.device,
+                   help="where the model runs (default auto: cuda when torch sees a GPU)")
     p.add_argument("--batch-size", type=int, default=MineConfig.batch_size, help="texts per encoder batch")
     p.add_argument("--config", default=DEFAULT_BAND_CONFIG, help="band configuration to assign after scoring")
     p.add_argument("--cross-encoder", metavar="PATH", default=None,
