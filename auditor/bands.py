@@ -29,7 +29,7 @@ from typing import Any
 
 import duckdb
 
-from auditor.config import DEFAULT_BAND_CONFIG, BandConfig
+from auditor.config import DEFAULT_BAND_CONFIG, PREVIEW_SAMPLE_CANDIDATES, BandConfig
 from auditor.store import StoreError, transaction
 
 SUSPICIOUS_RULES = (
@@ -120,8 +120,13 @@ def band_sql(cfg: BandConfig) -> tuple[str, str, str]:
     return rule, band, weight
 
 
-def banded_sql(cfg: BandConfig) -> str:
-    """SELECT of every ``scored`` column plus n_outscoring, rule, band and weight, for ``model = $model``."""
+#: preview_bands' sample is the queries whose hash(query_id) modulo this falls under a cut-off.
+_SAMPLE_MOD = 1_000_003
+
+
+def banded_sql(cfg: BandConfig, only: str = "") -> str:
+    """SELECT of every ``scored`` column plus n_outscoring, rule, band and weight, for ``model = $model`` (and the
+    condition ``only``, e.g. `` AND query_id IN (...)``, when given: it must keep or drop whole queries)."""
     rule, band, weight = band_sql(cfg)
     outscoring = (
         f"count(*) FILTER (WHERE s_neg >= s_pos_{cfg.anchor}) OVER (PARTITION BY query_id) AS n_outscoring"
@@ -129,7 +134,7 @@ def banded_sql(cfg: BandConfig) -> str:
     return (
         f"SELECT *, {band} AS band FROM ("
         f"SELECT *, {rule} AS rule, {weight} AS weight FROM ("
-        f"SELECT *, {outscoring} FROM scored WHERE model = $model))"
+        f"SELECT *, {outscoring} FROM scored WHERE model = $model{only}))"
     )
 
 
@@ -172,13 +177,13 @@ def stale_bands(con: duckdb.DuckDBPyConnection, config: str, model: str) -> int:
     """How many scored candidates of `model` have no band under `config`, plus band rows whose candidate is no
     longer scored. Zero for a store written by one `auditor mine` (scores and bands commit together); non-zero for a
     store left by an older version killed between the two, or by a tool writing scores directly."""
+    # One full outer join (a single hash join: 0.35 s at 1M candidates, where two anti-joins took 2 s).
     return con.execute(
         """
-        SELECT (SELECT count(*) FROM scores s WHERE s.model = $m AND NOT EXISTS (
-                    SELECT 1 FROM bands b WHERE b.config = $c AND b.model = $m
-                    AND b.query_id = s.query_id AND b.doc_id = s.doc_id))
-             + (SELECT count(*) FROM bands b WHERE b.config = $c AND b.model = $m AND NOT EXISTS (
-                    SELECT 1 FROM scores s WHERE s.model = $m AND s.query_id = b.query_id AND s.doc_id = b.doc_id))
+        SELECT count(*) FROM (SELECT query_id, doc_id FROM scores WHERE model = $m) s
+        FULL JOIN (SELECT query_id, doc_id FROM bands WHERE config = $c AND model = $m) b
+             ON b.query_id = s.query_id AND b.doc_id = s.doc_id
+        WHERE s.query_id IS NULL OR b.query_id IS NULL
         """,
         {"c": config, "m": model},
     ).fetchall()[0][0]
@@ -308,43 +313,65 @@ def _stored_counts(con: duckdb.DuckDBPyConnection, config_name: str, model: str)
 
 
 def preview_bands(
-    con: duckdb.DuckDBPyConnection, cfg: BandConfig, model: str | None = None, min_negatives: int = 5
+    con: duckdb.DuckDBPyConnection, cfg: BandConfig, model: str | None = None, min_negatives: int = 5,
+    max_candidates: int | None = PREVIEW_SAMPLE_CANDIDATES,
 ) -> dict[str, Any]:
     """What `cfg` would do, without writing: one SQL aggregate (the app's threshold sliders call it on every move).
 
     Returns ``candidates`` and ``queries`` per band (a query counts in every band it has a candidate in), ``rules``
     per rule, totals, and ``short_queries``: queries left with fewer than ``min_negatives`` non-suspicious negatives.
+
+    Past ``max_candidates`` scored candidates (None: never) the counts are estimated from a random sample of whole
+    queries holding about that many (a seeded hash of the query id, so every slider move sees the same sample), scaled
+    by total / sampled candidates; ``sampled`` says so and ``total_candidates`` stays exact. Banding reads each
+    query's candidates together (a window per query), which alone costs about a second per 10M candidates on two
+    cores: a slider cannot wait for that, and a count within a fraction of a percent serves it as well. Assigning
+    the bands is always exact.
     """
     model = resolve_model(con, model)
+    total = con.execute("SELECT count(*) FROM scores WHERE model = ?", [model]).fetchall()[0][0]
+    sampled = max_candidates is not None and total > max_candidates
+    cut = math.ceil(_SAMPLE_MOD * max_candidates / total) if sampled else _SAMPLE_MOD
+    only = f" AND hash(query_id, 'preview') % {_SAMPLE_MOD} < {cut}" if sampled else ""
+    # Grouped per (query, band, rule) first: every count below then reads that small table, not every candidate.
     sql = f"""
-        WITH b AS (SELECT query_id, band, rule FROM ({banded_sql(cfg)})),
-        per_query AS (SELECT query_id, count(*) FILTER (WHERE band <> 'suspicious') AS ok FROM b GROUP BY query_id)
-        SELECT 'band' AS kind, band AS key, count(*) AS n, count(DISTINCT query_id) AS nq FROM b GROUP BY band
-        UNION ALL SELECT 'rule', rule, count(*), count(DISTINCT query_id) FROM b GROUP BY rule
-        UNION ALL SELECT 'total', 'all', count(*), count(DISTINCT query_id) FROM b
+        WITH g AS (SELECT query_id, band, rule, count(*) AS n FROM ({banded_sql(cfg, only)}) GROUP BY ALL),
+        per_query AS (SELECT query_id, coalesce(sum(n) FILTER (WHERE band <> 'suspicious'), 0) AS ok
+                      FROM g GROUP BY query_id)
+        SELECT 'band' AS kind, band AS key, sum(n) AS n, count(DISTINCT query_id) AS nq FROM g GROUP BY band
+        UNION ALL SELECT 'rule', rule, sum(n), count(DISTINCT query_id) FROM g GROUP BY rule
+        UNION ALL SELECT 'total', 'all', sum(n), count(DISTINCT query_id) FROM g
         UNION ALL SELECT 'short', 'all', count(*) FILTER (WHERE ok < $min_neg), NULL FROM per_query
     """
     rows = con.execute(sql, {"model": model, "min_neg": int(min_negatives)}).fetchall()
+    in_sample = next((int(n or 0) for kind, _, n, _ in rows if kind == "total"), 0)
+    scale = total / in_sample if sampled and in_sample else 1.0
+
+    def est(n: Any) -> int:
+        return int(round((n or 0) * scale))
+
     out: dict[str, Any] = {
         "model": model,
         "candidates": dict.fromkeys(BANDS, 0),
         "queries": dict.fromkeys(BANDS, 0),
         "rules": {},
-        "total_candidates": 0,
+        "total_candidates": int(total),
         "total_queries": 0,
         "short_queries": 0,
         "min_negatives": int(min_negatives),
+        "sampled": sampled,
+        "sample_candidates": in_sample,
     }
     for kind, key, n, nq in rows:
         if kind == "band":
-            out["candidates"][key] = n
-            out["queries"][key] = nq
+            out["candidates"][key] = est(n)
+            out["queries"][key] = est(nq)
         elif kind == "rule":
-            out["rules"][key] = n
+            out["rules"][key] = est(n)
         elif kind == "total":
-            out["total_candidates"], out["total_queries"] = n, nq
+            out["total_queries"] = est(nq)
         else:
-            out["short_queries"] = n or 0
+            out["short_queries"] = est(n)
     return out
 
 

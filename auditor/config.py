@@ -38,6 +38,10 @@ GIVEN_SOURCE = "given"
 #: Name of the band configuration used when none is named.
 DEFAULT_BAND_CONFIG = "default"
 
+#: The band preview (the app's threshold sliders) estimates its counts from a random sample of whole queries holding
+#: about this many candidates once a store has more (auditor.bands.preview_bands); assigning bands is always exact.
+PREVIEW_SAMPLE_CANDIDATES = 1_000_000
+
 
 @dataclass(frozen=True)
 class MineConfig:

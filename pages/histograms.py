@@ -213,6 +213,10 @@ with results:
     cols[3].metric(f"Short (< {int(min_neg)} neg.)", f"{short:,}", border=True,
                    help="queries left with fewer than N negatives once suspicious candidates are dropped")
     cols[3].caption(f"of {preview['total_queries']:,} queries")
+    if preview.get("sampled"):
+        st.caption(f"Counts estimated from a random sample of whole queries ({preview['sample_candidates']:,} of "
+                   f"{preview['total_candidates']:,} candidates) so the sliders stay fast; saving assigns every "
+                   "candidate exactly.")
 
     tabs = st.tabs(["Scores", "Delta", "Ratio", "Per source", "Per rule", "Export risk"])
     version = scores_version(con)

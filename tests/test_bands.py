@@ -192,6 +192,25 @@ def test_assign_replaces_rows_and_preview_matches_without_writing(store):
     assert store.execute("SELECT count(*) FROM bands WHERE config = 'default'").fetchall()[0][0] == 30
 
 
+def test_preview_of_a_large_store_is_estimated_from_whole_queries(store):
+    # 400 queries x 10 candidates with scores falling with the index: every query bands alike
+    store.execute(f"""
+        INSERT INTO scores (model, query_id, doc_id, s_neg, s_pos_min, s_pos_mean, s_pos_max, sim_to_pos, rank)
+        SELECT '{M}', 'q' || q, 'd' || d, 0.55 - 0.05 * d + 0.001 * (q % 7), 0.5, 0.5, 0.5, 0.3, d + 1
+        FROM range(400) a(q), range(10) b(d)""")
+    cfg = BandConfig()
+    exact = bands.preview_bands(store, cfg, M, min_negatives=9, max_candidates=None)
+    est = bands.preview_bands(store, cfg, M, min_negatives=9, max_candidates=1000)
+    assert (exact["sampled"], est["sampled"]) == (False, True) and 600 < est["sample_candidates"] < 1600
+    assert est["sample_candidates"] % 10 == 0  # whole queries: each query's window (n_outscoring) stays exact
+    assert est["total_candidates"] == exact["total_candidates"] == 4000
+    for band in bands.BANDS:  # every query bands alike, so the scaled sample is exact up to rounding
+        assert abs(est["candidates"][band] - exact["candidates"][band]) <= 0.02 * 4000
+    assert abs(est["total_queries"] - 400) <= 8 and abs(est["short_queries"] - exact["short_queries"]) <= 8
+    # the same sample on every call (a slider moving back and forth sees stable numbers)
+    assert bands.preview_bands(store, cfg, M, min_negatives=9, max_candidates=1000) == est
+
+
 def test_named_configs_round_trip_and_unknown_name_is_explained(store):
     add(store, "q", "d", 0.1)
     cfg = BandConfig(relative_margin=0.1, absolute_cap=0.8)

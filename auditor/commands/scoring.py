@@ -131,7 +131,7 @@ def cmd_band(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if args.preview:
-        p = bands.preview_bands(con, cfg, args.model, min_negatives=args.min_negatives)
+        p = bands.preview_bands(con, cfg, args.model, min_negatives=args.min_negatives, max_candidates=None)
         print(json.dumps(p, indent=2) if args.json else _format_preview(p))
         return 0
     counts = bands.assign_bands(con, args.config, args.model, cfg)
