@@ -25,13 +25,17 @@ from auditor.stats import wilson_interval
 #: Thresholds swept for the recommendation (P(false negative) above which an unreviewed candidate is skipped).
 SWEEP = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 
+#: Past this many banded queries the sweep runs on a random sample of this many (see recommend).
+SWEEP_SAMPLE_QUERIES = 5_000
 
-def _exported(con: duckdb.DuckDBPyConnection, selection: Selection, model: str) -> str:
-    """The export of ``selection`` with each negative's risk, verdict state and band."""
+
+def _exported(con: duckdb.DuckDBPyConnection, selection: Selection, model: str, queries: str | None = None) -> str:
+    """The export of ``selection`` with each negative's risk, verdict state and band (only ``queries``' when given:
+    a relation with a query_id column)."""
     return f"""
         SELECT e.query_id, e.doc_id, e.band, e.s_neg, e.eligible, coalesce(r.p_fn, 0) AS p_fn, r.origin,
                coalesce(v.tn, FALSE) AS reviewed_tn
-        FROM ({selection.sql(con, model)}) e
+        FROM ({selection.sql(con, model, queries=queries)}) e
         LEFT JOIN risk r ON r.model = {_lit(model)} AND r.query_id = e.query_id AND r.doc_id = e.doc_id
         LEFT JOIN (SELECT query_id, doc_id, bool_or(verdict = 'true_negative') AND NOT bool_or(verdict =
                           'false_negative') AS tn
@@ -43,14 +47,16 @@ def _lit(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def model_estimate(con: duckdb.DuckDBPyConnection, selection: Selection, model: str) -> dict[str, Any]:
-    """Expected false negatives among the exported negatives by the risk model, with hardness and fill counts."""
+def model_estimate(con: duckdb.DuckDBPyConnection, selection: Selection, model: str,
+                   queries: str | None = None) -> dict[str, Any]:
+    """Expected false negatives among the exported negatives by the risk model, with hardness and fill counts
+    (over ``queries`` only when given: counts are then the sample's)."""
     from auditor.risk import current_fit
 
     n, expected, mean_s, filled, queries = con.execute(
         f"""SELECT count(*), coalesce(sum(CASE WHEN reviewed_tn THEN 0 ELSE p_fn END), 0), avg(s_neg),
                    count(*) FILTER (WHERE NOT eligible), count(DISTINCT query_id) FILTER (WHERE NOT eligible)
-            FROM ({_exported(con, selection, model)})"""
+            FROM ({_exported(con, selection, model, queries)})"""
     ).fetchall()[0]
     fit = current_fit(con, model)
     return {
@@ -108,20 +114,41 @@ def sample_estimate(con: duckdb.DuckDBPyConnection, selection: Selection, model:
 
 
 def recommend(
-    con: duckdb.DuckDBPyConnection, selection: Selection, model: str, targets: tuple[float, ...] = (0.01, 0.02, 0.05)
+    con: duckdb.DuckDBPyConnection, selection: Selection, model: str, targets: tuple[float, ...] = (0.01, 0.02, 0.05),
+    sample_queries: int = SWEEP_SAMPLE_QUERIES,
 ) -> dict[str, Any]:
-    """Sweep the risk threshold; for each target rate the highest threshold the model expects to meet it."""
+    """Sweep the risk threshold; for each target rate the highest threshold the model expects to meet it.
+
+    Each threshold is a whole selection. Past ``sample_queries`` queries the sweep runs on that many queries drawn
+    at random (a seeded hash, so runs agree): the selection is per query, so the sample's rate estimates the
+    export's, and eleven selections of 10M candidates (minutes) become eleven of a few hundred thousand.
+    """
+    n_queries = con.execute(
+        "SELECT count(DISTINCT query_id) FROM bands WHERE config = ? AND model = ?", [selection.config, model]
+    ).fetchall()[0][0]
+    sampled = n_queries > sample_queries
+    if sampled:
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE _sweep_queries AS
+               SELECT query_id FROM (SELECT DISTINCT query_id FROM bands WHERE config = ? AND model = ?)
+               ORDER BY hash(query_id, 'sweep'), query_id LIMIT ?""",
+            [selection.config, model, int(sample_queries)],
+        )
     sweep = []
-    for t in SWEEP:
-        m = model_estimate(con, replace(selection, max_risk=t), model)
-        sweep.append({"max_risk": t, "expected_rate": m["expected_rate"], "mean_s_neg": m["mean_s_neg"],
-                      "kept_by_lowest_risk": m["kept_by_lowest_risk"]})
+    try:
+        for t in SWEEP:
+            m = model_estimate(con, replace(selection, max_risk=t), model, "_sweep_queries" if sampled else None)
+            sweep.append({"max_risk": t, "expected_rate": m["expected_rate"], "mean_s_neg": m["mean_s_neg"],
+                          "kept_by_lowest_risk": m["kept_by_lowest_risk"]})
+    finally:
+        con.execute("DROP TABLE IF EXISTS _sweep_queries")
     out = {}
     for target in targets:
         ok = [p for p in sweep if p["expected_rate"] is not None and p["expected_rate"] <= target]
         best = max(ok, key=lambda p: p["max_risk"]) if ok else None
         out[f"{target:g}"] = best
-    return {"sweep": sweep, "for_target_rate": out}
+    return {"sweep": sweep, "for_target_rate": out,
+            "queries": int(sample_queries) if sampled else int(n_queries), "sampled": sampled}
 
 
 def export_estimate(

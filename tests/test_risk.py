@@ -18,7 +18,7 @@ from auditor.planted import read_answer_key
 from auditor.select import Selection, select_negatives
 from auditor.store import SharedStore, open_store
 
-from conftest import HANDBUILT_MODEL, copy_store
+from conftest import HANDBUILT_CANDIDATES, HANDBUILT_MODEL, copy_store
 
 M = DEFAULT_MODEL
 
@@ -307,3 +307,19 @@ def test_evaluate_reports_the_frontier_ratio_on_planted_cranfield(planted):
     cleaned = r["export"]
     assert cleaned["queries_full_share"] == 1.0
     assert cleaned["frontier_ratio"] < 0.6 and cleaned["mean_s_neg"] >= 0.5  # issue 9's bar for automatic cleaning
+
+
+def test_threshold_sweep_on_a_query_sample_of_a_large_store(handbuilt_store):
+    con = handbuilt_store
+    for q, d, *_ in HANDBUILT_CANDIDATES:
+        con.execute("INSERT INTO risk VALUES (?, ?, ?, 0.04, 0.04, 0.04, 'model', NULL)", [HANDBUILT_MODEL, q, d])
+    sel = Selection(negatives=2)
+    full = recommend(con, sel, HANDBUILT_MODEL)
+    assert (full["sampled"], full["queries"]) == (False, 3)
+    # past sample_queries the sweep runs on that many queries: 2 queries x 2 negatives, every p_fn .04
+    part = recommend(con, sel, HANDBUILT_MODEL, sample_queries=2)
+    assert (part["sampled"], part["queries"]) == (True, 2)
+    top = [p for p in part["sweep"] if p["max_risk"] >= 0.05]
+    assert top and all(p["expected_rate"] == pytest.approx(0.04) for p in top)
+    assert [p["max_risk"] for p in part["sweep"]] == [p["max_risk"] for p in full["sweep"]]
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = '_sweep_queries'").fetchall()[0][0] == 0
