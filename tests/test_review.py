@@ -18,7 +18,7 @@ def _keys(df):
 
 
 def test_risk_queue_order_and_columns(handbuilt_store):
-    df = review.build_queue(handbuilt_store)
+    df = review.build_queue(handbuilt_store, mode="risk")
     assert _keys(df) == HANDBUILT_RISK_ORDER
     for col in ("query_id", "doc_id", "band", "rule", "s_neg", "s_pos_min", "s_pos_max", "delta", "ratio", "rank",
                 "sources", "weight", "risk", "sampling_prob"):
@@ -50,21 +50,21 @@ def test_stratified_queue_interleaves_bands_with_sampling_probabilities(handbuil
 
 
 def test_next_item_is_head_of_queue_and_respects_skip_and_filters(handbuilt_store):
-    item = review.next_item(handbuilt_store, annotator="ann")
+    item = review.next_item(handbuilt_store, mode="risk", annotator="ann")
     assert (item["query_id"], item["doc_id"]) == HANDBUILT_RISK_ORDER[0]
     assert item["sources"] == ["bm25", "dense"] and item["mode"] == "risk" and item["rank"] == 1
-    item = review.next_item(handbuilt_store, annotator="ann", skip=[HANDBUILT_RISK_ORDER[0]])
+    item = review.next_item(handbuilt_store, mode="risk", annotator="ann", skip=[HANDBUILT_RISK_ORDER[0]])
     assert (item["query_id"], item["doc_id"]) == HANDBUILT_RISK_ORDER[1]
-    item = review.next_item(handbuilt_store, annotator="ann", bands=["too_easy"])
+    item = review.next_item(handbuilt_store, mode="risk", annotator="ann", bands=["too_easy"])
     assert (item["query_id"], item["doc_id"]) == ("q3", "n1")
-    item = review.next_item(handbuilt_store, annotator="ann", source="bm25", bands=["ambiguous"])
+    item = review.next_item(handbuilt_store, mode="risk", annotator="ann", source="bm25", bands=["ambiguous"])
     assert (item["query_id"], item["doc_id"]) == ("q2", "n6")
-    item = review.next_item(handbuilt_store, annotator="ann", query_id="q3")
+    item = review.next_item(handbuilt_store, mode="risk", annotator="ann", query_id="q3")
     assert (item["query_id"], item["doc_id"]) == ("q3", "n8")
     strat = review.next_item(handbuilt_store, annotator="ann", mode="stratified", bands=["ambiguous"], seed=3)
     head = review.build_queue(handbuilt_store, mode="stratified", bands=["ambiguous"], seed=3).iloc[0]
     assert (strat["doc_id"], strat["sampling_prob"]) == (head["doc_id"], pytest.approx(head["sampling_prob"]))
-    assert review.next_item(handbuilt_store, annotator="ann", query_id="nope") is None
+    assert review.next_item(handbuilt_store, mode="risk", annotator="ann", query_id="nope") is None
     with pytest.raises(ValueError, match="mode"):
         review.next_item(handbuilt_store, annotator="ann", mode="fastest")
 
@@ -201,9 +201,9 @@ def test_item_context(handbuilt_store):
 
 def test_queue_sees_rebanding_at_once(handbuilt_store):
     con = handbuilt_store
-    assert review.next_item(con, annotator="a")["doc_id"] == "n1"
+    assert review.next_item(con, mode="risk", annotator="a")["doc_id"] == "n1"
     con.execute("UPDATE bands SET band = 'too_easy', rule = 'low_weight' WHERE band = 'suspicious'")
-    item = review.next_item(con, annotator="a")
+    item = review.next_item(con, mode="risk", annotator="a")
     assert (item["query_id"], item["doc_id"], item["band"]) == ("q3", "n8", "ambiguous")
 
 
@@ -221,8 +221,8 @@ def test_two_stores_do_not_share_cache(tmp_path):
         build_handbuilt_store(a)
         build_handbuilt_store(b)
         b.execute("DELETE FROM bands WHERE doc_id = 'n1' AND query_id = 'q1'")
-        assert review.next_item(a, annotator="x")["doc_id"] == "n1"
-        assert review.next_item(b, annotator="x")["doc_id"] == "n5"
+        assert review.next_item(a, mode="risk", annotator="x")["doc_id"] == "n1"
+        assert review.next_item(b, mode="risk", annotator="x")["doc_id"] == "n5"
     finally:
         a.close()
         b.close()
