@@ -237,7 +237,7 @@ def new_session(con: duckdb.DuckDBPyConnection, name: str, now: float | None = N
 
 def session_user(con: duckdb.DuckDBPyConnection, token: str | None, now: float | None = None) -> User | None:
     """The account a session token belongs to, if the session is live; extends it (sliding expiry)."""
-    if not token or len(token) > 200:
+    if not isinstance(token, str) or not token or len(token) > 200:
         return None
     now = time.time() if now is None else now
     row = con.execute(

@@ -704,24 +704,22 @@ def claim(
 
 def hold(
     con: duckdb.DuckDBPyConnection, annotator: str, item: dict[str, Any], *, ttl: float = LEASE_SECONDS,
-    now: float | None = None,
+    now: float | None = None, double_annotation: float | None = None,
 ) -> bool:
     """Put one given item at the front of ``annotator``'s held items (an undone verdict comes back to its author).
 
-    False, and nothing held, when another annotator holds it now.
+    False, and nothing held, when the item is not the annotator's to take: others judged or hold it as many times
+    as it needs annotators (the queue's own exclusion rule).
     """
     now = _now(now)
+    key = (item["query_id"], item["doc_id"])
     with _LEASE_LOCK:
         settle(con)
         with transaction(con):
-            holders = {r[0] for r in con.execute(
-                "SELECT annotator FROM leases WHERE query_id = ? AND doc_id = ? AND expires_at > ?",
-                [item["query_id"], item["doc_id"], now]).fetchall()}
-            if holders - {annotator}:
+            done = _done_items(con, annotator, double_share(double_annotation), (), "risk", now)
+            if key in set(zip(done["query_id"], done["doc_id"])):
                 return False
-            if annotator in holders:
-                con.execute("DELETE FROM leases WHERE annotator = ? AND query_id = ? AND doc_id = ?",
-                            [annotator, item["query_id"], item["doc_id"]])
+            con.execute("DELETE FROM leases WHERE annotator = ? AND query_id = ? AND doc_id = ?", [annotator, *key])
             _insert_leases(con, annotator, [item], now, ttl, front=True)
     return True
 
