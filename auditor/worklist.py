@@ -11,6 +11,7 @@ No Streamlit here (pages/_common.py holds the worklist in the session); everythi
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -25,8 +26,20 @@ from auditor.ui_helpers import positive_marks
 
 Cursor = Callable[[], duckdb.DuckDBPyConnection]
 
+def _lower_priority() -> None:
+    """Prefetch threads yield the CPU to the threads that answer key presses (Linux: nice per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # pragma: no cover - not Linux, or not allowed
+        pass
+
+
 #: Background work of every worklist in the process (prefetching); two threads keep it off the page's path.
-_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="auditor-prefetch")
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="auditor-prefetch", initializer=_lower_priority)
+
+#: Prefetching starts this long after a page run, once the browser has drawn the item (on a small machine the two
+#: compete for the CPU); an annotator reads an item for longer than this.
+PREFETCH_DELAY_S = 0.3
 
 #: Leases are renewed at most this often by page views (each claim and verdict renews them as well).
 RENEW_EVERY_S = 60.0
@@ -207,6 +220,7 @@ class Worklist:
 
     def _prefetch(self) -> None:
         try:
+            time.sleep(PREFETCH_DELAY_S)
             con = self._cursor()
             with self._lock:
                 short = len(self.items) < self.low and not self.empty
