@@ -91,12 +91,31 @@ def prepare_store(src: Path | None, workdir: Path, annotators: list[str]) -> Pat
     return db
 
 
-def start_app(db: Path, log: Path) -> tuple[subprocess.Popen, str]:
+#: The floor: a Streamlit page with one keyed button in a fragment and the same marker, nothing else.
+FLOOR_APP = """
+import streamlit as st
+ss = st.session_state
+ss.setdefault("n", 0)
+def step():
+    ss["n"] += 1
+@st.fragment
+def item():
+    st.button("Next", key=f"b{ss['n']}", shortcut="T", on_click=step)
+    st.html(f'<span data-review-item="floor/{ss["n"]}#{ss["n"]}"></span>')
+st.text_input("Name", key="name")
+st.text_input("Password", key="password")
+st.button("Sign in")
+item()
+"""
+
+
+def start_app(db: Path | None, log: Path, script: Path = ROOT / "app.py") -> tuple[subprocess.Popen, str]:
     port = _free_port()
+    env = dict(os.environ, AUDITOR_DB=str(db)) if db else dict(os.environ)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+        [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
          "--server.address", "127.0.0.1", "--server.port", str(port)],
-        cwd=ROOT, env=dict(os.environ, AUDITOR_DB=str(db)), stdout=log.open("w"), stderr=subprocess.STDOUT,
+        cwd=script.parent, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -185,11 +204,15 @@ def check_store(db: Path, results: dict[str, list[dict]]) -> list[str]:
     return problems
 
 
-def bench(src: Path | None, items: int, n_annotators: int, pause_ms: int = 1000) -> dict:
+def bench(src: Path | None, items: int, n_annotators: int, pause_ms: int = 1000, floor: bool = False) -> dict:
     names = [f"bench{i + 1}" for i in range(n_annotators)]
     with tempfile.TemporaryDirectory(prefix="auditor-browser-bench-") as tmp:
-        db = prepare_store(src, Path(tmp), names)
-        proc, url = start_app(db, Path(tmp) / "streamlit.log")
+        if floor:
+            db, script = None, Path(tmp) / "floor.py"
+            script.write_text(FLOOR_APP)
+        else:
+            db, script = prepare_store(src, Path(tmp), names), ROOT / "app.py"
+        proc, url = start_app(db, Path(tmp) / "streamlit.log", script)
         load_before = os.getloadavg()[0]
         try:
             results = asyncio.run(run(url, names, items, pause_ms))
@@ -197,7 +220,7 @@ def bench(src: Path | None, items: int, n_annotators: int, pause_ms: int = 1000)
             proc.terminate()
             proc.wait(timeout=30)
         load_after = os.getloadavg()[0]
-        problems = check_store(db, results)
+        problems = check_store(db, results) if db else []
     ms = [p["ms"] for presses in results.values() for p in presses]
     return {"annotators": n_annotators, "presses": len(ms), "median": statistics.median(ms), "p95": _pct(ms, 95),
             "max": max(ms), "load": (load_before, load_after), "problems": problems}
@@ -209,13 +232,17 @@ def main() -> int:
     ap.add_argument("--items", type=int, default=40, help="key presses per annotator (default 40)")
     ap.add_argument("--annotators", type=int, choices=[1, 2], default=1)
     ap.add_argument("--both", action="store_true", help="run with one annotator, then with two")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time a one-button Streamlit page the same way: what this machine's load costs anyway")
     ap.add_argument("--pause", type=int, default=1000,
                     help="milliseconds between an item appearing and the next key (reading time; default 1000)")
     args = ap.parse_args()
     failed = False
-    for n in ([1, 2] if args.both else [args.annotators]):
-        r = bench(args.db, args.items, n, args.pause)
-        print(f"{n} annotator(s), {r['presses']} key presses: key press -> next item visible median "
+    runs = [(n, False) for n in ([1, 2] if args.both else [args.annotators])]
+    for n, floor in runs + ([(1, True)] if args.floor else []):
+        r = bench(args.db, args.items, n, args.pause, floor=floor)
+        what = "floor (one-button Streamlit page)" if floor else f"{n} annotator(s)"
+        print(f"{what}, {r['presses']} key presses: key press -> next item visible median "
               f"{r['median']:.0f} ms, p95 {r['p95']:.0f} ms, max {r['max']:.0f} ms (target: median < 300, "
               f"p95 < 600); {args.pause} ms reading time per item; load average {r['load'][0]:.1f} -> {r['load'][1]:.1f} on {os.cpu_count()} CPUs")
         for p in r["problems"]:
