@@ -52,5 +52,7 @@ with st.sidebar:
     st.caption(f"Store: {_common.md(_common.db_path().name)}")
     _common.sync_cookie()
     _common.keyboard_script()
+    if user.can("tune"):
+        _common.preload_charts()  # the first chart of the Histograms page comes up without the wait
 
 nav.run()

@@ -398,6 +398,27 @@ def double_annotation() -> float:
         return ReviewConfig().double_annotation
 
 
+def _plotly_chunk() -> str | None:
+    """File name of the browser code Streamlit loads for its first Plotly chart (4.7 MB), if it can be found."""
+    found = sorted((Path(st.__file__).parent / "static" / "static" / "js").glob("PlotlyChart.*.js"))
+    return found[0].name if found else None
+
+
+def preload_charts() -> None:
+    """Have the browser load and compile the Plotly code two seconds after the first page, once per session: on a
+    busy machine that is most of a chart page's first render, and the lead is on another page meanwhile."""
+    ss = st.session_state
+    name = _plotly_chunk()
+    if ss.get("_charts_preloaded") or not name:
+        return
+    ss["_charts_preloaded"] = True
+    st.html(
+        "<script>setTimeout(() => { const s = document.querySelector('script[type=\"module\"][src*=\"static/js/"
+        f"index.\"]'); if (s) import(new URL('{name}', s.src).href).catch(() => {{}}); }}, 2000);</script>",
+        unsafe_allow_javascript=True,
+    )
+
+
 def data_root() -> Path:
     """The only folder whose files the Load page may read on the server (AUDITOR_DATA_ROOT, `auditor app
     --data-root`; default: the shipped data/ folder)."""
