@@ -180,6 +180,50 @@ async def run(url: str, names: list[str], items: int, pause_ms: int) -> dict[str
     return dict(zip(names, results))
 
 
+async def _histograms_first_render(url: str) -> tuple[float, float]:
+    """Seconds from clicking "Histograms & bands" (a lead, signed in, 5 s on the Review page first, fresh server) to
+    the page's band counts on screen, and to its first chart drawn."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        page = await browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(120_000)
+        await page.goto(url)
+        await page.get_by_label("Name", exact=True).fill("lead")
+        await page.get_by_label("Password", exact=True).fill(PASSWORD)
+        await page.get_by_role("button", name="Sign in").click()
+        await page.wait_for_selector("[data-review-item]", state="attached")
+        await page.wait_for_timeout(5000)  # the lead looks at the review screen first
+        t0 = time.perf_counter()
+        await page.get_by_test_id("stSidebarNav").get_by_text("Histograms & bands").click()
+        await page.get_by_text("What the bands mean", exact=False).first.wait_for()
+        content = time.perf_counter() - t0
+        await page.wait_for_selector(".js-plotly-plot .bars", state="attached")
+        chart = time.perf_counter() - t0
+        await browser.close()
+    return content, chart
+
+
+def histograms_first_render(src: Path | None) -> tuple[float, float, float]:
+    """(seconds to the band counts, seconds to the first chart, load average): the Histograms page's first render in
+    a fresh app."""
+    with tempfile.TemporaryDirectory(prefix="auditor-browser-bench-") as tmp:
+        db = prepare_store(src, Path(tmp), [])
+        from auditor import accounts
+        from auditor.store import open_store
+
+        con = open_store(db)
+        accounts.add_user(con, "lead", "lead", password=PASSWORD)
+        con.close()
+        proc, url = start_app(db, Path(tmp) / "streamlit.log")
+        try:
+            return (*asyncio.run(_histograms_first_render(url)), os.getloadavg()[0])
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 def check_store(db: Path, results: dict[str, list[dict]]) -> list[str]:
     """Problems found: presses without exactly one verdict on the item shown, or items judged by two people."""
     import duckdb
@@ -232,6 +276,8 @@ def main() -> int:
     ap.add_argument("--items", type=int, default=40, help="key presses per annotator (default 40)")
     ap.add_argument("--annotators", type=int, choices=[1, 2], default=1)
     ap.add_argument("--both", action="store_true", help="run with one annotator, then with two")
+    ap.add_argument("--histograms", action="store_true",
+                    help="also time the Histograms page's first render in a fresh app (target < 3 s)")
     ap.add_argument("--floor", action="store_true",
                     help="also time a one-button Streamlit page the same way: what this machine's load costs anyway")
     ap.add_argument("--pause", type=int, default=1000,
@@ -248,6 +294,10 @@ def main() -> int:
         for p in r["problems"]:
             print(f"  PROBLEM: {p}")
             failed = True
+    if args.histograms:
+        content, chart, load = histograms_first_render(args.db)
+        print(f"Histograms page, first visit in a fresh app: band counts and thresholds {content:.2f} s, first chart "
+              f"{chart:.2f} s after the click (target < 3 s); load average {load:.1f} on {os.cpu_count()} CPUs")
     return 1 if failed else 0
 
 
