@@ -78,6 +78,8 @@ class Worklist:
         self._finished: OrderedDict[tuple[str, str], None] = OrderedDict()  #: judged or skipped here
         self._contexts: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
         self._prefetching = False
+        self._claiming = threading.Lock()  #: held while claiming; release() waits for it, then no claim follows
+        self._closed = False
         self._renewed = time.time()
         #: model and band configuration the queue resolved to (from the claimed items)
         self._resolved: tuple[str | None, str | None] = (queue_kw.get("model"), queue_kw.get("config"))
@@ -89,8 +91,10 @@ class Worklist:
     def current(self) -> dict[str, Any] | None:
         """The item on screen, claiming more items when none is held."""
         with self._lock:
-            if not self.items:
-                self._refill(self._cursor())
+            if self.items:
+                return self.items[0]
+        self._refill(self._cursor())  # not under self._lock: release() takes the two locks in the other order
+        with self._lock:
             return self.items[0] if self.items else None
 
     def current_key(self) -> tuple[str, str] | None:
@@ -107,7 +111,10 @@ class Worklist:
         return time.time() - self._renewed < self.ttl - 5
 
     def _refill(self, con: duckdb.DuckDBPyConnection) -> None:
-        got = queue.claim(con, annotator=self.annotator, limit=self.batch, ttl=self.ttl, **self.queue_kw)
+        with self._claiming:
+            if self._closed:  # given back (another queue choice, sign-out): a late prefetch must not claim again
+                return
+            got = queue.claim(con, annotator=self.annotator, limit=self.batch, ttl=self.ttl, **self.queue_kw)
         with self._lock:
             before = self.current_key()
             self.items = [it for it in got if _key(it) not in self._finished]
@@ -247,8 +254,10 @@ class Worklist:
                 self._prefetching = False
 
     def release(self) -> None:
-        """Give every held item back (signing out, or another queue choice)."""
-        with self._lock:
-            self.items = []
-            self._contexts.clear()
-        queue.release(self._cursor(), self.annotator)
+        """Give every held item back (signing out, or another queue choice); this worklist claims nothing after."""
+        with self._claiming:
+            self._closed = True
+            with self._lock:
+                self.items = []
+                self._contexts.clear()
+            queue.release(self._cursor(), self.annotator)
