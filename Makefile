@@ -28,7 +28,7 @@ test: setup browser
 
 bench: setup
 	$(BIN)/pip install -q -c requirements.lock -e '.[bench]'
-	for b in ingest planted mine review_yield export app; do $(BIN)/python bench/$$b.py || exit 1; done
+	for b in ingest fuzz planted mine review_yield export app; do $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) auditor-sample.duckdb auditor-sample.duckdb.wal .pytest_cache

@@ -145,7 +145,8 @@ class RiskConfig:
     min_per_class: int = 3  #: ... and at least this many of each
     prior_weight: float = 50.0  #: blend = n / (n + prior_weight): the prior holds half the weight at 50 labels
     regularization: float = 1.0  #: C of the logistic regression (inverse L2 strength, on standardised features)
-    refit_every: int = 5  #: the app refits after this many new verdicts (in the background)
+    refit_every: int = 5  #: the app refits after this many new verdicts (in the background) ...
+    refit_growth: float = 0.1  #: ... or, once many are in, after this share more (5 new labels barely move 300)
     propagate_doc: float | None = 0.9  #: a confirmed false negative lifts same-query candidates this close (cosine)
     propagate_query: float | None = 0.9  #: ... and the same document under queries this close to its query
 

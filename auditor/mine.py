@@ -133,8 +133,10 @@ def mine(
     if not n_docs:
         raise StoreError("the store has no documents: ingest a corpus first (`auditor ingest PATH --db FILE`)")
     n_queries = con.execute("SELECT count(*) FROM queries").fetchall()[0][0]
-    pos_sql = """SELECT DISTINCT q.query_id, r.doc_id FROM qrels r JOIN queries q USING (query_id)
-                 JOIN documents d USING (doc_id) WHERE r.relevant"""
+    # A positive whose text is blank (real BEIR corpora have a few) says nothing about the query: it would become a
+    # meaningless anchor (cosine ~0) for every negative of its query.
+    pos_sql = f"""SELECT DISTINCT q.query_id, r.doc_id FROM qrels r JOIN queries q USING (query_id)
+                  JOIN documents d USING (doc_id) WHERE r.relevant AND trim({doc_text_sql('d')}) <> ''"""
     with_pos = con.execute(f"SELECT count(DISTINCT query_id) FROM ({pos_sql})").fetchall()[0][0]
     summary.documents = n_docs
     summary.queries = with_pos

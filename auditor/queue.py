@@ -157,6 +157,7 @@ class _MemTables:
         self._build_lock = threading.Lock()
         self._entries: dict[tuple, _Entry] = {}
         self._retired: list[str] = []
+        self._rebuilding: set[tuple] = set()
         self._seq = iter(range(1, 1 << 62))
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -169,18 +170,47 @@ class _MemTables:
             self._local.cursor = cur
         return cur
 
-    def get(self, key: tuple, fingerprint: tuple, build: Callable[[], tuple[pa.Table, int]]) -> _Entry:
-        """The entry for ``key`` at ``fingerprint``; ``build()`` returns (rows, verdict event id they reflect)."""
+    def get(
+        self, con: duckdb.DuckDBPyConnection, key: tuple, fingerprint: tuple,
+        build: Callable[[duckdb.DuckDBPyConnection], tuple[pa.Table, int]],
+    ) -> _Entry:
+        """The entry for ``key``; ``build(con)`` returns (rows, verdict event id they reflect).
+
+        ``fingerprint`` is (hard, soft). A changed hard part (re-banding, re-scoring: a user's deliberate act) is
+        built before answering. A changed soft part only (the risk model refitted after a few verdicts, every few
+        seconds while people review) serves the old entry at once and builds the new one on a cursor of its own in a
+        background thread (stale while revalidating): an annotator never waits for a million-row rebuild, and the
+        next request finds it ready.
+        """
         with self._lock:
             hit = self._entries.get(key)
-        if hit is not None and hit.fingerprint == fingerprint:
-            return hit
+            if hit is not None and hit.fingerprint == fingerprint:
+                return hit
+            if hit is not None and hit.fingerprint[0] == fingerprint[0]:
+                if key not in self._rebuilding:
+                    self._rebuilding.add(key)
+                    threading.Thread(target=self._rebuild, args=(con.cursor(), key, fingerprint, build),
+                                     daemon=True, name="auditor-queue-rebuild").start()
+                return hit
+        return self._build(con, key, fingerprint, build)
+
+    def _rebuild(self, cur: duckdb.DuckDBPyConnection, key: tuple, fingerprint: tuple, build: Callable) -> None:
+        try:
+            self._build(cur, key, fingerprint, build)
+        except Exception:  # noqa: BLE001 - the old table stays in service; the next request tries again
+            pass
+        finally:
+            with self._lock:
+                self._rebuilding.discard(key)
+            cur.close()
+
+    def _build(self, con: duckdb.DuckDBPyConnection, key: tuple, fingerprint: tuple, build: Callable) -> _Entry:
         with self._build_lock:  # one builder at a time; whoever waited finds the fresh table
             with self._lock:
                 hit = self._entries.get(key)
             if hit is not None and hit.fingerprint == fingerprint:
                 return hit
-            rows, event_id = build()
+            rows, event_id = build(con)
             name = f"items_{next(self._seq)}"
             mem = self.cursor()
             mem.register("_arrow_items", rows)
@@ -206,9 +236,9 @@ class _MemTables:
 _TABLES = _MemTables()
 
 
-def _fingerprint(con: duckdb.DuckDBPyConnection, config: str, model: str) -> tuple:
-    """Changes whenever the bands, the candidates, the scores or the risk fit of (config, model) change."""
-    return con.execute(
+def _fingerprint(con: duckdb.DuckDBPyConnection, config: str, model: str) -> tuple[tuple, Any]:
+    """(hard, soft): hard changes with the bands, candidates or scores of (config, model); soft with the risk fit."""
+    row = con.execute(
         """
         SELECT count(*), bit_xor(hash(query_id, doc_id, band, rule, weight)),
                (SELECT estimated_size FROM duckdb_tables() WHERE table_name = 'candidates' AND schema_name = 'main'),
@@ -218,6 +248,7 @@ def _fingerprint(con: duckdb.DuckDBPyConnection, config: str, model: str) -> tup
         """,
         {"c": config, "m": model},
     ).fetchall()[0]
+    return tuple(row[:4]), row[4]
 
 
 def _store_key(con: duckdb.DuckDBPyConnection) -> tuple:
@@ -247,7 +278,7 @@ def _items_sql(only: str = "") -> str:
 def _items_table(con: duckdb.DuckDBPyConnection, config: str, model: str, seed: int) -> str:
     """Name of the in-memory table holding every banded item of (config, model), with per-band random positions."""
 
-    def build() -> tuple[pa.Table, int]:
+    def build(con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, int]:
         settle(con)
         rows = con.sql(
             f"""
@@ -260,14 +291,14 @@ def _items_table(con: duckdb.DuckDBPyConnection, config: str, model: str, seed: 
         return rows, 0
 
     key = ("items", _store_key(con), config, model, int(seed))
-    return _TABLES.get(key, _fingerprint(con, config, model), build).table
+    return _TABLES.get(con, key, _fingerprint(con, config, model), build).table
 
 
 def _export_table(con: duckdb.DuckDBPyConnection, selection: Selection, model: str) -> str:
     """Name of the in-memory table holding what ``selection`` exports now, patched for newer verdicts."""
     only = "AND query_id IN (SELECT query_id FROM _dirty_queries)"
 
-    def select(restricted: bool) -> pa.Table:
+    def select(con: duckdb.DuckDBPyConnection, restricted: bool) -> pa.Table:
         settle(con)
         sel = selection.sql(con, model, queries="_dirty_queries" if restricted else None)
         # The selection carries band, rule, weight, rank, sources and p_fn already: only the scores are joined.
@@ -284,12 +315,13 @@ def _export_table(con: duckdb.DuckDBPyConnection, selection: Selection, model: s
             params={"m": model},
         ).to_arrow_table()
 
-    def build() -> tuple[pa.Table, int]:
+    def build(con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, int]:
         event_id = _last_event(con)  # read first: verdicts that land while building are patched in next time
-        return select(False), event_id
+        return select(con, False), event_id
 
     key = ("export", _store_key(con), selection.to_json(), model)
-    entry = _TABLES.get(key, (*_fingerprint(con, selection.config, model), selection.to_json()), build)
+    hard, soft = _fingerprint(con, selection.config, model)
+    entry = _TABLES.get(con, key, ((*hard, selection.to_json()), soft), build)
     if _last_event(con) > entry.event_id:
         with entry.lock:  # one patcher per snapshot; the others wait and find it patched
             newest = _last_event(con)
@@ -300,7 +332,7 @@ def _export_table(con: duckdb.DuckDBPyConnection, selection: Selection, model: s
                 ).to_arrow_table()
                 con.register("_dirty_queries", dirty)
                 try:
-                    fresh = select(True)
+                    fresh = select(con, True)
                 finally:
                     con.unregister("_dirty_queries")
                 mem = _TABLES.cursor()

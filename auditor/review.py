@@ -246,14 +246,19 @@ def item_context(
     cand = con.execute(
         """
         SELECT d.doc_id, d.title, d.text, b.band, b.rule, s.s_neg, s.s_pos_min, s.s_pos_max, s.delta, s.ratio,
-               s.rank, b.weight, s.sim_to_pos, s.ce_neg, s.ce_pos,
-               (SELECT list(DISTINCT c.source ORDER BY c.source) FROM candidates c
-                WHERE c.query_id = ? AND c.doc_id = ?) AS sources
-        FROM (SELECT doc_id, title, text FROM documents WHERE doc_id = ? LIMIT 1) d
-        LEFT JOIN scored s ON s.model = ? AND s.query_id = ? AND s.doc_id = d.doc_id
-        LEFT JOIN bands b ON b.config = ? AND b.model = ? AND b.query_id = ? AND b.doc_id = d.doc_id
+               s.rank, b.weight, s.sim_to_pos, s.ce_neg, s.ce_pos, s.bm25, s.bm25_rank, s.lex_to_pos, s.fused_rank,
+               r.p_fn, r.prior, r.origin, rf.n_labels, c.sources, c.teacher,
+               (SELECT max(teacher_score) FROM qrels WHERE query_id = $q AND relevant) AS teacher_pos
+        FROM (SELECT doc_id, title, text FROM documents WHERE doc_id = $d LIMIT 1) d
+        LEFT JOIN (SELECT * FROM scored WHERE model = $m AND query_id = $q AND doc_id = $d) s ON true
+        LEFT JOIN (SELECT * FROM bands WHERE config = $c AND model = $m AND query_id = $q AND doc_id = $d) b ON true
+        LEFT JOIN (SELECT * FROM risk WHERE model = $m AND query_id = $q AND doc_id = $d) r ON true
+        LEFT JOIN risk_fits rf ON rf.fit_id = r.fit_id
+        LEFT JOIN (SELECT list(DISTINCT source ORDER BY source) AS sources,
+                          max(source_score) FILTER (WHERE source = 'given') AS teacher
+                   FROM candidates WHERE query_id = $q AND doc_id = $d) c ON true
         """,
-        [query_id, doc_id, doc_id, model, query_id, config, model, query_id],
+        {"q": query_id, "d": doc_id, "m": model, "c": config},
     )
     rows = cand.fetchall()
     row = rows[0] if rows else None
@@ -282,13 +287,12 @@ def item_context(
         [query_id, doc_id],
     )
     vnames = [d[0] for d in verdicts_cur.description]
-    from auditor.risk import drivers, item_features
+    from auditor.risk import drivers
 
-    features = item_features(con, model, query_id, doc_id)
     risk = None
-    if features is not None:
-        risk = {"p_fn": features.get("p_fn"), "origin": features.get("origin"), "prior": features.get("prior"),
-                "n_labels": features.get("n_labels"), "drivers": drivers(features)}
+    if candidate.get("p_fn") is not None:
+        risk = {"p_fn": candidate["p_fn"], "origin": candidate["origin"], "prior": candidate["prior"],
+                "n_labels": candidate["n_labels"], "drivers": drivers(candidate)}
     return {
         "risk": risk,
         "query_id": query_id,

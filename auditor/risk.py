@@ -35,7 +35,6 @@ from typing import Any
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 
 from auditor.config import RiskConfig
 from auditor.store import transaction
@@ -124,7 +123,10 @@ def update_fused_rank(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfi
 def features_sql(only: str = "") -> str:
     """SELECT of query_id, doc_id, prior and every feature, for ``model = $m``; ``only`` (e.g. ``AND query_id =
     $q``) is added to every scan, so one item's features do not aggregate whole tables."""
-    cols = ", ".join(f"({expr})::DOUBLE AS {name}" for name, expr in FEATURES)
+    # a non-finite value (a log of 0, say) reads as 0, the same for fitting and for predicting
+    cols = ", ".join(
+        f"CASE WHEN isfinite(({expr})::DOUBLE) THEN ({expr})::DOUBLE ELSE 0 END AS {name}" for name, expr in FEATURES
+    )
     return f"""
         WITH {_TEACHER_CTE.format(only=only)}
         SELECT s.query_id, s.doc_id, 1.0 / (1 + coalesce(s.fused_rank, 1000)) AS prior, {cols}
@@ -179,48 +181,42 @@ def fit(
 ) -> FitSummary:
     """Fit on the verdicts in force, write ``risk`` for every scored candidate of ``model``, record the fit.
 
-    With ``in_transaction`` the caller holds the transaction (mining writes scores, bands and risk together).
+    Only the labeled items come to Python (to fit the classifier); the predictions for every candidate are one
+    INSERT ... SELECT with the fitted coefficients inlined, so a refit costs a scan, not memory, at any size. With
+    ``in_transaction`` the caller holds the transaction (mining writes scores, bands and risk together).
     """
     summary = FitSummary(model=model, last_event_id=last_event_id(con))
-    data = con.execute(
-        f"SELECT f.*, l.y FROM ({features_sql()}) f LEFT JOIN ({LABELS_SQL}) l USING (query_id, doc_id) "
+    labeled = con.execute(
+        f"SELECT f.*, l.y FROM ({features_sql()}) f JOIN ({LABELS_SQL}) l USING (query_id, doc_id) "
         "ORDER BY f.query_id, f.doc_id",
         {"m": model},
     ).fetchnumpy()
-    n = len(data["query_id"])
-    summary.candidates = n
-    prior = np.asarray(data["prior"], dtype=np.float64)
-    p = prior.copy()
-    origin = np.full(n, "prior", dtype=object)
-    labeled = ~np.ma.getmaskarray(data["y"]) if np.ma.isMaskedArray(data["y"]) else ~np.isnan(
-        np.asarray(data["y"], dtype=np.float64))
-    idx = np.flatnonzero(labeled)
-    y = np.asarray(data["y"][idx], dtype=np.int64)
+    y = np.asarray(labeled["y"], dtype=np.int64)
     summary.n_labels, summary.n_false_negative = len(y), int(y.sum())
     params: dict[str, Any] = {"features": [name for name, _ in FEATURES], "config": cfg.__dict__}
+    p_model = "prior"
     if len(y) >= cfg.min_labels and min(y.sum(), len(y) - y.sum()) >= cfg.min_per_class:
-        X = np.column_stack([np.asarray(data[name], dtype=np.float64) for name, _ in FEATURES])
-        X = np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
-        mean, scale = X[idx].mean(axis=0), X[idx].std(axis=0)
+        X = np.column_stack([np.asarray(labeled[name], dtype=np.float64) for name, _ in FEATURES])
+        mean, scale = X.mean(axis=0), X.std(axis=0)
         scale[scale == 0] = 1.0
         from sklearn.linear_model import LogisticRegression
 
         clf = LogisticRegression(C=cfg.regularization, max_iter=1000)
-        clf.fit((X[idx] - mean) / scale, y)
-        fitted = clf.predict_proba((X - mean) / scale)[:, 1]
+        clf.fit((X - mean) / scale, y)
         summary.blend = len(y) / (len(y) + cfg.prior_weight)
-        p = summary.blend * fitted + (1 - summary.blend) * prior
-        origin[:] = "model"
         summary.coefficients = {name: float(c) for (name, _), c in zip(FEATURES, clf.coef_[0])}
         params.update(intercept=float(clf.intercept_[0]), coef=clf.coef_[0].tolist(), mean=mean.tolist(),
                       scale=scale.tolist())
+        logit = " + ".join(
+            f"{float(w)!r} * ({name} - {float(m)!r}) / {float(sd)!r}"
+            for (name, _), w, m, sd in zip(FEATURES, clf.coef_[0], mean, scale)
+        )
+        p_model = (f"{summary.blend!r} / (1 + exp(-({float(clf.intercept_[0])!r} + {logit}))) "
+                   f"+ {1 - summary.blend!r} * prior")
     else:
         summary.note = (f"prior only: a classifier needs {cfg.min_labels} labeled items with at least "
                         f"{cfg.min_per_class} of each verdict (have {len(y)}, {int(y.sum())} false negatives)")
-    p_model = p.copy()
-    if len(y):
-        p[idx] = y
-        origin[idx] = "verdict"
+    origin = "'model'" if summary.blend else "'prior'"
 
     def write() -> None:
         fit_id = con.execute(
@@ -230,19 +226,19 @@ def fit(
              json.dumps(params)],
         ).fetchall()[0][0]
         summary.fit_id = int(fit_id)
-        con.execute("DELETE FROM risk WHERE model = ?", [model])
-        table = pa.table({
-            "query_id": pa.array(data["query_id"], pa.string()), "doc_id": pa.array(data["doc_id"], pa.string()),
-            "prior": prior, "p_model": p_model, "p_fn": p, "origin": pa.array(origin.tolist(), pa.string()),
-        })
-        con.register("_risk_rows", table)
-        try:
-            con.execute(
-                "INSERT INTO risk SELECT $m, query_id, doc_id, prior, p_model, p_fn, origin, $f FROM _risk_rows",
-                {"m": model, "f": summary.fit_id},
-            )
-        finally:
-            con.unregister("_risk_rows")
+        con.execute("DELETE FROM risk WHERE model = $m", {"m": model})
+        con.execute(
+            f"""
+            INSERT INTO risk (model, query_id, doc_id, prior, p_model, p_fn, origin, fit_id)
+            SELECT $m, query_id, doc_id, prior, p_model,
+                   coalesce(y::DOUBLE, p_model), CASE WHEN y IS NULL THEN {origin} ELSE 'verdict' END, $f
+            FROM (SELECT f.query_id, f.doc_id, f.prior, {p_model} AS p_model, l.y
+                  FROM ({features_sql()}) f LEFT JOIN ({LABELS_SQL}) l USING (query_id, doc_id))
+            """,
+            {"m": model, "f": summary.fit_id},
+        )
+        summary.candidates = int(con.execute(
+            "SELECT count(*) FROM risk WHERE model = $m", {"m": model}).fetchall()[0][0])
         summary.propagated = _propagate(con, model, cfg)
 
     if in_transaction:
@@ -255,23 +251,11 @@ def fit(
 
 def _propagate(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig) -> int:
     """Lift the risk of near-duplicates of confirmed false negatives (same query, or near-duplicate queries)."""
-    parts = []
-    if cfg.propagate_doc is not None:
-        parts.append(f"""
-            SELECT r.query_id, r.doc_id, list_cosine_similarity(ef.vector, ec.vector) AS sim
-            FROM fn JOIN risk r ON r.model = $m AND r.query_id = fn.query_id AND r.doc_id <> fn.doc_id
-            JOIN documents df ON df.doc_id = fn.doc_id JOIN documents dc ON dc.doc_id = r.doc_id
-            JOIN embeddings ef ON ef.model = $m AND ef.role = 'document' AND ef.text_hash = df.text_hash
-            JOIN embeddings ec ON ec.model = $m AND ec.role = 'document' AND ec.text_hash = dc.text_hash
-            WHERE list_cosine_similarity(ef.vector, ec.vector) >= {float(cfg.propagate_doc)!r}""")
-    if cfg.propagate_query is not None:
-        parts.append(f"""
-            SELECT r.query_id, r.doc_id, list_cosine_similarity(eq.vector, eo.vector) AS sim
-            FROM fn JOIN risk r ON r.model = $m AND r.doc_id = fn.doc_id AND r.query_id <> fn.query_id
-            JOIN queries qf ON qf.query_id = fn.query_id JOIN queries qo ON qo.query_id = r.query_id
-            JOIN embeddings eq ON eq.model = $m AND eq.role = 'query' AND eq.text_hash = qf.text_hash
-            JOIN embeddings eo ON eo.model = $m AND eo.role = 'query' AND eo.text_hash = qo.text_hash
-            WHERE list_cosine_similarity(eq.vector, eo.vector) >= {float(cfg.propagate_query)!r}""")
+    parts = [
+        _near_sql(role, threshold)
+        for role, threshold in (("document", cfg.propagate_doc), ("query", cfg.propagate_query))
+        if threshold is not None
+    ]
     if not parts:
         return 0
     lifted = con.execute(
@@ -288,6 +272,25 @@ def _propagate(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig) -> i
     return int(lifted[0][0]) if lifted else 0
 
 
+def _near_sql(role: str, threshold: float) -> str:
+    """Candidates whose document (role 'document': same query) or query (role 'query': same document) is within
+    ``threshold`` cosine of a confirmed false negative's (rows of ``fn``), with that cosine."""
+    from auditor.mine import query_hash_sql
+
+    table, key, same = ("documents", "doc_id", "query_id") if role == "document" else ("queries", "query_id", "doc_id")
+
+    def cache_key(t: str) -> str:  # the hash a text's vector is cached under (a query's includes its prompt)
+        return f"{t}.text_hash" if role == "document" else query_hash_sql(t)
+
+    return f"""
+        SELECT r.query_id, r.doc_id, list_cosine_similarity(ef.vector, eo.vector) AS sim
+        FROM fn JOIN risk r ON r.model = $m AND r.{same} = fn.{same} AND r.{key} <> fn.{key}
+        JOIN {table} tf ON tf.{key} = fn.{key} JOIN {table} tob ON tob.{key} = r.{key}
+        JOIN embeddings ef ON ef.model = $m AND ef.role = '{role}' AND ef.text_hash = {cache_key('tf')}
+        JOIN embeddings eo ON eo.model = $m AND eo.role = '{role}' AND eo.text_hash = {cache_key('tob')}
+        WHERE list_cosine_similarity(ef.vector, eo.vector) >= {float(threshold)!r}"""
+
+
 def refit_if_stale(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig = RiskConfig()) -> FitSummary | None:
     """Refit when verdicts arrived since the fit in force; None when it is current."""
     return fit(con, model, cfg) if is_stale(con, model) else None
@@ -297,7 +300,7 @@ class BackgroundRefit:
     """Refits a store's risk in a background thread once ``refit_every`` verdicts arrived since the fit in force.
 
     The app calls :meth:`notify` after each verdict; the annotator never waits for a fit. One fit runs at a time; the
-    thread also rebuilds the export queue's snapshot for the new fit, so the next item is served from a warm table.
+    review queue then rebuilds its tables for the new fit in the background while serving the old ones.
     ``cursor`` returns a DuckDB cursor usable in the calling thread (``SharedStore.cursor``).
     """
 
@@ -308,12 +311,14 @@ class BackgroundRefit:
         self.last_error: str | None = None
 
     def due(self, con: duckdb.DuckDBPyConnection, model: str) -> bool:
+        """Enough new verdicts since the fit in force: ``refit_every``, or ``refit_growth`` of the labels it saw."""
         fit_row = current_fit(con, model)
         seen = fit_row["last_event_id"] if fit_row else 0
+        labels = fit_row["n_labels"] if fit_row else 0
         new = con.execute(
             "SELECT count(*) FROM verdicts WHERE event_id > ? AND verdict <> 'undo'", [seen]
         ).fetchall()[0][0]
-        return new >= self.cfg.refit_every
+        return new >= max(self.cfg.refit_every, math.ceil(self.cfg.refit_growth * labels))
 
     def notify(self, model: str, wait: bool = False) -> bool:
         """Start a refit of ``model`` if one is due and none is running; True when one was started."""
@@ -327,11 +332,7 @@ class BackgroundRefit:
 
     def _work(self, model: str) -> None:
         try:
-            con = self._cursor()
-            fit(con, model, self.cfg)
-            from auditor.queue import build_queue
-
-            build_queue(con, mode="export", model=model, limit=1)  # warm the snapshot for the new fit
+            fit(self._cursor(), model, self.cfg)
             self.fits += 1
             self.last_error = None
         except Exception as exc:  # noqa: BLE001 - a failed background fit leaves the old risk in force
@@ -345,26 +346,13 @@ class BackgroundRefit:
 # explaining one item in words (the Review page and `auditor queue --texts`)
 
 
-def item_features(con: duckdb.DuckDBPyConnection, model: str, query_id: str, doc_id: str) -> dict[str, Any] | None:
-    """Feature values, prior, P(false negative) and its origin for one candidate."""
-    cur = con.execute(
-        f"""SELECT f.*, r.p_fn, r.origin, s.rank, s.bm25_rank, s.sim_to_pos, s.lex_to_pos, s.fused_rank,
-                   s.s_neg >= s.s_pos_min AS above_positive, rf.n_labels
-            FROM ({features_sql("AND query_id = $q")}) f
-            JOIN (SELECT * FROM scores WHERE model = $m AND query_id = $q AND doc_id = $d) s
-                 ON s.query_id = f.query_id AND s.doc_id = f.doc_id
-            LEFT JOIN (SELECT * FROM risk WHERE model = $m AND query_id = $q AND doc_id = $d) r
-                 ON r.query_id = f.query_id AND r.doc_id = f.doc_id
-            LEFT JOIN risk_fits rf ON rf.fit_id = r.fit_id
-            WHERE f.doc_id = $d""",
-        {"m": model, "q": query_id, "d": doc_id},
-    )
-    rows = cur.fetchall()
-    return dict(zip([d[0] for d in cur.description], rows[0])) if rows else None
-
-
 def drivers(f: dict[str, Any]) -> list[str]:
-    """What drove an item's risk, in words an annotator understands (most telling first)."""
+    """What drove an item's risk, in words an annotator understands (most telling first).
+
+    ``f`` holds the candidate's scores (rank, bm25_rank, sim_to_pos, lex_to_pos, fused_rank, s_neg, s_pos_min,
+    ce_neg, ce_pos), its teacher score and the positives' best (``teacher``, ``teacher_pos``), and its risk row
+    (origin, n_labels), as `auditor.review.item_context` reads them.
+    """
     out: list[str] = []
     if f.get("origin") == "verdict":
         out.append("already judged")
@@ -386,11 +374,11 @@ def drivers(f: dict[str, Any]) -> list[str]:
     lex = f.get("lex_to_pos")
     if lex is not None and lex >= 0.3:
         out.append(f"shares many words with the positive ({100 * lex:.0f}% of its self-match)")
-    if f.get("above_positive"):
+    if f.get("s_neg") is not None and f.get("s_pos_min") is not None and f["s_neg"] >= f["s_pos_min"]:
         out.append("scores at or above the positive")
-    if f.get("has_teacher") and (f.get("teacher_margin") or 0) >= 0:
+    if f.get("teacher") is not None and f.get("teacher_pos") is not None and f["teacher"] >= f["teacher_pos"]:
         out.append("the teacher scored it at or above the positive")
-    if f.get("has_ce") and (f.get("ce_margin") or 0) >= 0:
+    if f.get("ce_neg") is not None and f.get("ce_pos") is not None and f["ce_neg"] >= f["ce_pos"]:
         out.append("the cross-encoder scored it at or above the positive")
     if not out and f.get("fused_rank") is not None:
         out.append(f"#{f['fused_rank']} of its query when the views are combined")

@@ -306,11 +306,30 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     return SCHEMA_VERSION
 
 
+#: Bytes 8..12 of every DuckDB database file.
+_DUCKDB_MAGIC = b"DUCK"
+
+
+def _refuse_foreign_file(path: Path) -> None:
+    """A file that exists but is not a DuckDB database is refused: DuckDB would open a JSON or CSV file as an empty
+    in-memory database, and an ingest into it would report success and store nothing."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    if head[8:12] != _DUCKDB_MAGIC:
+        raise StoreError(
+            f"{path} is not an auditor store (not a DuckDB database file); pass the store with --db and the input "
+            "as the PATH argument, e.g. `auditor ingest data.jsonl --db audit.duckdb`"
+        )
+
+
 def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open (creating and migrating if needed) a store file, with a clear message when another process holds it."""
     path = Path(path)
     if read_only and not path.exists():
         raise StoreError(f"no store at {path}: create it with `auditor ingest PATH --db {path}`")
+    _refuse_foreign_file(path)
     if path.parent and not path.parent.exists():
         raise StoreError(f"cannot create store {path}: folder {path.parent} does not exist")
     try:

@@ -3,9 +3,11 @@
 Generates a store by SQL alone (queries, documents, positives, candidates, scores; bands from the library's rules
 when `auditor.bands` is present, else the default rules written in SQL) — no model. Then measures:
 
-* next review item: ``review.next_item`` + ``review.item_context`` for 100 consecutive items, recording a verdict
-  after each one, median and p95, with the two parts apart, while another annotator holds leases (so the lease
-  check is part of every query);
+* next review item in each queue mode (export, the default; risk; stratified): ``review.next_item`` +
+  ``review.item_context`` for 100 consecutive items, recording a verdict after each one and refitting the risk model
+  in the background every 5 verdicts (the work the Review page does per keypress), median and p95, with the two parts
+  apart, while another annotator holds leases (so the lease check is part of every query); 300 verdicts and a fit
+  come first, so the learned model is in place;
 * a claim (``queue.claim``, what the app's worklist does in the background every few verdicts): held items plus new
   leases, with the same verdicts in between;
 * the Review page and the Histograms page run headless with Streamlit's AppTest (a full script run, including
@@ -130,20 +132,40 @@ def _pct(values: list[float], p: float) -> float:
     return values[k]
 
 
-def bench_next_item(path: Path, n_items: int) -> dict[str, list[float]]:
-    """Per item: next_item (the queue query) and item_context (what the page shows), timed separately."""
+def seed_verdicts(path: Path, n: int = 300) -> None:
+    """Verdicts on the riskiest items (about one in four a false negative, by a hash), then a fit: the risk model
+    is in place, as after a first review session."""
+    from auditor import queue, risk
+    from auditor.store import open_store
+
+    con = open_store(path)
+    items = queue.build_queue(con, mode="risk", limit=n)
+    for q, d in zip(items["query_id"], items["doc_id"]):
+        verdict = "false_negative" if hash((q, d)) % 4 == 0 else "true_negative"
+        con.execute("INSERT INTO verdicts (query_id, doc_id, verdict, annotator, origin, queue_mode) "
+                    "VALUES (?, ?, ?, 'seed', 'import', 'risk')", [q, d, verdict])
+    risk.fit(con, MODEL)
+    con.close()
+
+
+def bench_next_item(path: Path, n_items: int, mode: str) -> dict[str, list[float]]:
+    """Per item: next_item (the queue query) and item_context (what the page shows), timed separately, with a
+    verdict after each and the risk refitted in the background every few verdicts, as the app does."""
     from auditor import review
+    from auditor.risk import BackgroundRefit
     from auditor.store import SharedStore
 
     from auditor import queue
 
     store = SharedStore(path)
     con = store.cursor()
-    queue.claim(con, annotator="someone-else", limit=20, mode="risk")  # leases held by another annotator
+    refit = BackgroundRefit(store.cursor)
+    queue.claim(con, annotator="someone-else", limit=20, mode=mode)  # leases held by another annotator
+    review.next_item(con, annotator="bench", mode=mode)  # the first call builds the queue's table: not timed
     out: dict[str, list[float]] = {"next_item": [], "item_context": [], "total": [], "claim": []}
-    for i in range(n_items):
+    for _ in range(n_items):
         t0 = time.perf_counter()
-        item = review.next_item(con, annotator="bench", mode="risk" if i % 2 == 0 else "stratified")
+        item = review.next_item(con, annotator="bench", mode=mode)
         t1 = time.perf_counter()
         review.item_context(con, item["query_id"], item["doc_id"], model=item["model"])
         t2 = time.perf_counter()
@@ -155,13 +177,17 @@ def bench_next_item(path: Path, n_items: int) -> dict[str, list[float]]:
             band=item["band"], queue_mode=item["mode"], sampling_prob=item.get("sampling_prob"),
         )
         t0 = time.perf_counter()
-        held = queue.claim(con, annotator="bench-claims", limit=5, mode="risk" if i % 2 == 0 else "stratified")
+        held = queue.claim(con, annotator="bench-claims", limit=5, mode=mode)
         out["claim"].append(time.perf_counter() - t0)
         review.record_verdict(con, query_id=held[0]["query_id"], doc_id=held[0]["doc_id"], verdict="unsure",
                               annotator="bench-claims", band=held[0]["band"], queue_mode=held[0]["mode"],
                               sampling_prob=held[0].get("sampling_prob"))
+        refit.notify(MODEL)
     queue.release(con, "bench-claims")
     queue.release(con, "someone-else")
+    while not refit._running.acquire(timeout=60):  # let a running fit finish before the store closes
+        pass
+    out["refits"] = [float(refit.fits)]
     store.close()
     return out
 
@@ -215,12 +241,16 @@ def main() -> None:
         t0 = time.perf_counter()
         counts = generate_store(path, args.candidates, args.per_query)
         print(f"generated store in {time.perf_counter() - t0:.1f} s: {counts}")
-    parts = bench_next_item(path, args.items)
-    for name, ts in parts.items():
-        ms = [t * 1000 for t in ts]
-        target = "   (target p95 < 200 ms)" if name in ("total", "claim") else ""
-        print(f"next review item, {name:<12} {len(ms)} items: median {statistics.median(ms):7.1f} ms, "
-              f"p95 {_pct(ms, 95):7.1f} ms{target}")
+    seed_verdicts(path)
+    for mode in ("export", "risk", "stratified"):
+        parts = bench_next_item(path, args.items, mode)
+        refits = int(parts.pop("refits")[0])
+        for name, ts in parts.items():
+            ms = [t * 1000 for t in ts]
+            target = "   (target p95 < 200 ms)" if name in ("total", "claim") else ""
+            print(f"{mode:<10} next review item, {name:<12} {len(ms)} items: median {statistics.median(ms):7.1f} ms, "
+                  f"p95 {_pct(ms, 95):7.1f} ms{target}")
+        print(f"{mode:<10} background refits of the risk model during the run: {refits}")
     for page, ts in bench_pages(path, args.page_runs).items():
         ms = [t * 1000 for t in ts]
         target = "   (target < 1000 ms)" if "histograms" in page else ""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import tempfile
 from pathlib import Path
 
 import streamlit as st
@@ -31,9 +30,13 @@ if not pairs:
 
 FORMAT_HELP = {
     "triplet": 'sentence-transformers {"anchor", "positive", "negative"}: one line per (positive, negative) pair',
-    "ntuple": 'FlagEmbedding {"query", "pos": [...], "neg": [...]}: one line per query',
+    "st-ntuple": 'sentence-transformers {"anchor", "positive", "negative_1".."negative_N"}: one line per query '
+                 "with exactly N negatives",
+    "ntuple": 'FlagEmbedding {"query", "pos": [...], "neg": [...], "pos_scores", "neg_scores"}: one line per query',
     "rich": "ids, texts and, per negative, band, scores, rank, source and verdict: one line per query",
 }
+FILE_TYPE_LABELS = {"jsonl": "JSONL", "parquet": "Parquet"}
+DOWNLOAD = {"jsonl": ("JSONL", "application/jsonl"), "parquet": ("Parquet", "application/vnd.apache.parquet")}
 STRATEGY_HELP = {
     "top": "the hardest negatives left after cleaning",
     "random": "at random within a rank window",
@@ -60,6 +63,9 @@ with left:
         fmt = st.radio("Format", list(FORMAT_HELP), key="x_fmt", horizontal=True, captions=None,
                        help="\n\n".join(f"**{k}**: {v}" for k, v in FORMAT_HELP.items()))
         st.caption(FORMAT_HELP[fmt])
+        file_type = st.radio("File type", list(FILE_TYPE_LABELS), key="x_file_type", horizontal=True,
+                             format_func=FILE_TYPE_LABELS.get,
+                             help="FlagEmbedding reads only .json/.jsonl files; sentence-transformers reads both")
         c1, c2 = st.columns(2)
         negatives = c1.number_input("Negatives per query", 1, 1000, defaults.negatives, key="x_neg")
         strategy = c2.selectbox("Choice of negatives", list(STRATEGY_HELP), key="x_strategy",
@@ -74,7 +80,7 @@ with left:
         seed = st.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="x_seed")
         go = st.button("Prepare export", type="primary", key="x_go", icon=":material/build:")
 
-    cmd = ["auditor", "export", "--db", str(ui.db_path()), "--out", f"train.{fmt}.jsonl", "--format", fmt,
+    cmd = ["auditor", "export", "--db", str(ui.db_path()), "--out", f"train.{fmt}.{file_type}", "--format", fmt,
            "--negatives", str(int(negatives)), "--strategy", strategy, "--band-config", band_config,
            "--seed", str(int(seed))]
     if relabel:
@@ -85,29 +91,24 @@ with left:
     st.code(shlex.join(cmd), language="bash", wrap_lines=True)
 
 if go:
-    from auditor.export import export
+    from auditor.export import export, new_app_export_folder, preview_rows
 
-    out_dir = Path(ss.get("x_dir") or tempfile.mkdtemp(prefix="auditor-export-"))
+    # A fresh folder per export of this session; the last one is removed here, the rest when the app exits.
+    out_dir = new_app_export_folder(previous=ss.get("x_dir"))
     ss["x_dir"] = str(out_dir)
-    out = out_dir / f"train.{fmt}.jsonl"
+    out = out_dir / f"train.{fmt}.{file_type}"
     bar = st.progress(0.0, text="Exporting…")
     try:
-        summary = export(ui.cursor(), out, fmt=fmt, negatives=int(negatives), strategy=strategy, relabel=relabel,
-                         drop_unreviewed_suspicious=drop_susp, config=band_config, model=model, seed=int(seed),
-                         progress=ui.progress_callback(bar))
+        summary = export(ui.cursor(), out, fmt=fmt, file_type=file_type, negatives=int(negatives), strategy=strategy,
+                         relabel=relabel, drop_unreviewed_suspicious=drop_susp, config=band_config, model=model,
+                         seed=int(seed), progress=ui.progress_callback(bar))
     except (StoreError, ValueError, OSError) as exc:
         bar.empty()
         st.error(ui.md(str(exc)))
         ss.pop("x_result", None)
     else:
         bar.empty()
-        preview = []
-        with out.open(encoding="utf-8") as fh:
-            for line in fh:
-                preview.append(json.loads(line))
-                if len(preview) == 3:
-                    break
-        ss["x_result"] = {"path": str(out), "summary": summary, "preview": preview, "fmt": fmt}
+        ss["x_result"] = {"path": str(out), "summary": summary, "preview": preview_rows(out, 3), "fmt": fmt}
 
 with right:
     result = ss.get("x_result")
@@ -131,8 +132,9 @@ with right:
             m[2].metric("Positives", f"{s.positives_written:,}")
             path = Path(result["path"])
             if path.exists():
+                label, mime = DOWNLOAD[s.file_type]
                 with path.open("rb") as fh:
-                    st.download_button("Download JSONL", fh, file_name=path.name, mime="application/jsonl",
+                    st.download_button(f"Download {label}", fh, file_name=path.name, mime=mime,
                                        type="primary", icon=":material/download:", key="x_download")
         st.markdown("**Preview** (first lines; long texts shortened here, not in the file)")
         with st.container(height=300, border=False):

@@ -550,6 +550,8 @@ def test_upload_errors_name_the_uploaded_file_not_a_temp_path(monkeypatch, tmp_p
 
 def test_export_page_previews_offers_download_and_the_html_report(monkeypatch, handbuilt_store_path):
     at = _app(monkeypatch, handbuilt_store_path, page="pages/export.py")
+    assert at.radio(key="x_fmt").options == ["triplet", "st-ntuple", "ntuple", "rich"]
+    at.radio(key="x_fmt").set_value("ntuple").run()
     at.button(key="x_go").click().run()
     assert not at.exception, at.exception
     preview = at.session_state["x_result"]["preview"]

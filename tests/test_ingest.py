@@ -155,7 +155,7 @@ def _bad_flag_cases(rows):
     return {
         "malformed": (with_line('{"query": "x", "pos": ["a"'), 3, None, "malformed JSON"),
         "missing": (with_line(json.dumps({k: v for k, v in r.items() if k != "pos"})), 3, "pos", "missing"),
-        "empty_string": (with_line(json.dumps({**r, "query": "  "})), 3, "query", "empty string"),
+        "empty_string": (with_line(json.dumps({**r, "query": "  "})), 3, "query", "blank: empty or only whitespace"),
         "empty_list": (with_line(json.dumps({**r, "pos": []})), 3, "pos", "empty list"),
         "wrong_type": (with_line(json.dumps({**r, "pos": "a single string"})), 3, "pos", "expected a list"),
         "number_query": (with_line(json.dumps({**r, "query": 42})), 3, "query", "expected a string"),

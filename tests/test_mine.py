@@ -288,3 +288,13 @@ def test_export_refuses_bands_that_do_not_match_the_scores(mined, tmp_path):
 
     assign_bands(mined, "default")  # the fix the message names
     assert export(mined, out).negatives_written > 0
+
+
+def test_a_blank_positive_is_no_anchor(mined):
+    # Cranfield document 995 is empty and a judged positive of query 125: the anchor is its other positives
+    assert q(mined, "SELECT count(*) FROM qrels WHERE query_id = '125' AND doc_id = '995' AND relevant")[0][0] == 1
+    s_pos_min, s_pos_max = q(mined, "SELECT min(s_pos_min), max(s_pos_max) FROM scores WHERE query_id = '125'")[0]
+    real = q(mined, """SELECT count(*) FROM qrels r JOIN documents d USING (doc_id)
+                       WHERE r.query_id = '125' AND r.relevant AND trim(d.text) <> ''""")[0][0]
+    assert real >= 1 and s_pos_min > 0.2  # an empty text's cosine to any query is near 0
+    assert s_pos_max >= s_pos_min

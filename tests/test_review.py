@@ -1,4 +1,5 @@
-"""The review queue: order, exclusion, double annotation, undo, concurrency, context (hand-built store)."""
+"""The review queue: order, exclusion, double annotation, undo, concurrency, context (hand-built store, which has no
+risk rows: its `risk` order is the band-and-delta order; the export-aware default is tested in test_risk.py)."""
 
 from __future__ import annotations
 
@@ -50,21 +51,21 @@ def test_stratified_queue_interleaves_bands_with_sampling_probabilities(handbuil
 
 
 def test_next_item_is_head_of_queue_and_respects_skip_and_filters(handbuilt_store):
-    item = review.next_item(handbuilt_store, mode="risk", annotator="ann")
+    item = review.next_item(handbuilt_store, annotator="ann", mode="risk")
     assert (item["query_id"], item["doc_id"]) == HANDBUILT_RISK_ORDER[0]
     assert item["sources"] == ["bm25", "dense"] and item["mode"] == "risk" and item["rank"] == 1
-    item = review.next_item(handbuilt_store, mode="risk", annotator="ann", skip=[HANDBUILT_RISK_ORDER[0]])
+    item = review.next_item(handbuilt_store, annotator="ann", skip=[HANDBUILT_RISK_ORDER[0]], mode="risk")
     assert (item["query_id"], item["doc_id"]) == HANDBUILT_RISK_ORDER[1]
-    item = review.next_item(handbuilt_store, mode="risk", annotator="ann", bands=["too_easy"])
+    item = review.next_item(handbuilt_store, annotator="ann", bands=["too_easy"], mode="risk")
     assert (item["query_id"], item["doc_id"]) == ("q3", "n1")
-    item = review.next_item(handbuilt_store, mode="risk", annotator="ann", source="bm25", bands=["ambiguous"])
+    item = review.next_item(handbuilt_store, annotator="ann", source="bm25", bands=["ambiguous"], mode="risk")
     assert (item["query_id"], item["doc_id"]) == ("q2", "n6")
-    item = review.next_item(handbuilt_store, mode="risk", annotator="ann", query_id="q3")
+    item = review.next_item(handbuilt_store, annotator="ann", query_id="q3", mode="risk")
     assert (item["query_id"], item["doc_id"]) == ("q3", "n8")
     strat = review.next_item(handbuilt_store, annotator="ann", mode="stratified", bands=["ambiguous"], seed=3)
     head = review.build_queue(handbuilt_store, mode="stratified", bands=["ambiguous"], seed=3).iloc[0]
     assert (strat["doc_id"], strat["sampling_prob"]) == (head["doc_id"], pytest.approx(head["sampling_prob"]))
-    assert review.next_item(handbuilt_store, mode="risk", annotator="ann", query_id="nope") is None
+    assert review.next_item(handbuilt_store, annotator="ann", query_id="nope", mode="risk") is None
     with pytest.raises(ValueError, match="mode"):
         review.next_item(handbuilt_store, annotator="ann", mode="fastest")
 
@@ -73,25 +74,25 @@ def test_verdicts_exclude_items_single_annotation(handbuilt_store):
     con = handbuilt_store
     q, d = HANDBUILT_RISK_ORDER[0]
     review.record_verdict(con, query_id=q, doc_id=d, verdict="false_negative", annotator="ann")
-    assert (q, d) not in _keys(review.build_queue(con, annotator="ann"))
+    assert (q, d) not in _keys(review.build_queue(con, annotator="ann", mode="risk"))
     # one annotator is enough when the item is not routed to double annotation
-    assert (q, d) not in _keys(review.build_queue(con, annotator="bob"))
-    assert len(review.build_queue(con)) == len(HANDBUILT_RISK_ORDER) - 1
+    assert (q, d) not in _keys(review.build_queue(con, annotator="bob", mode="risk"))
+    assert len(review.build_queue(con, mode="risk")) == len(HANDBUILT_RISK_ORDER) - 1
 
 
 def test_double_annotation_routes_items_to_a_second_annotator(handbuilt_store):
     con = handbuilt_store
     for q, d in HANDBUILT_RISK_ORDER:
         review.record_verdict(con, query_id=q, doc_id=d, verdict="true_negative", annotator="ann")
-    assert review.next_item(con, annotator="ann", double_annotation=1.0) is None
-    assert len(review.build_queue(con, annotator="bob", double_annotation=1.0)) == len(HANDBUILT_RISK_ORDER)
+    assert review.next_item(con, annotator="ann", double_annotation=1.0, mode="risk") is None
+    assert len(review.build_queue(con, annotator="bob", double_annotation=1.0, mode="risk")) == len(HANDBUILT_RISK_ORDER)
     # half the items: exactly those the md5 rule routes to two annotators remain open for bob
     routed = {k for k in HANDBUILT_RISK_ORDER if review.needs_two_annotators(*k, 0.5)}
     assert 0 < len(routed) < len(HANDBUILT_RISK_ORDER)
-    assert set(_keys(review.build_queue(con, annotator="bob", double_annotation=0.5))) == routed
+    assert set(_keys(review.build_queue(con, annotator="bob", double_annotation=0.5, mode="risk"))) == routed
     for q, d in routed:
         review.record_verdict(con, query_id=q, doc_id=d, verdict="unsure", annotator="bob")
-    assert review.next_item(con, annotator="cy", double_annotation=0.5) is None
+    assert review.next_item(con, annotator="cy", double_annotation=0.5, mode="risk") is None
 
 
 def test_undo_takes_back_latest_verdict_and_walks_back(handbuilt_store):
@@ -102,7 +103,7 @@ def test_undo_takes_back_latest_verdict_and_walks_back(handbuilt_store):
     review.record_verdict(con, query_id="q1", doc_id="n2", verdict="unsure", annotator="bob")
     undone = review.undo_last(con, annotator="ann")
     assert undone == {"query_id": "q2", "doc_id": "n5", "verdict": "true_negative", "event_id": e2}
-    assert ("q2", "n5") in _keys(review.build_queue(con, annotator="ann"))
+    assert ("q2", "n5") in _keys(review.build_queue(con, annotator="ann", mode="risk"))
     assert review.undo_last(con, annotator="ann")["event_id"] == e1
     assert review.undo_last(con, annotator="ann") is None
     current = con.execute("SELECT annotator, doc_id FROM current_verdicts").fetchall()
@@ -155,7 +156,7 @@ def test_concurrent_writers_lose_nothing(handbuilt_store):
                 q, d = HANDBUILT_RISK_ORDER[(t + i) % len(HANDBUILT_RISK_ORDER)]
                 review.record_verdict(cur, query_id=q, doc_id=d, verdict="unsure", annotator=f"ann{t}", note=str(i))
                 if i % 10 == 0:
-                    review.next_item(cur, annotator=f"ann{t}")
+                    review.next_item(cur, annotator=f"ann{t}", mode="risk")
         except BaseException as exc:  # pragma: no cover - surfaced below
             errors.append(exc)
         finally:
@@ -201,15 +202,15 @@ def test_item_context(handbuilt_store):
 
 def test_queue_sees_rebanding_at_once(handbuilt_store):
     con = handbuilt_store
-    assert review.next_item(con, mode="risk", annotator="a")["doc_id"] == "n1"
+    assert review.next_item(con, annotator="a", mode="risk")["doc_id"] == "n1"
     con.execute("UPDATE bands SET band = 'too_easy', rule = 'low_weight' WHERE band = 'suspicious'")
-    item = review.next_item(con, mode="risk", annotator="a")
+    item = review.next_item(con, annotator="a", mode="risk")
     assert (item["query_id"], item["doc_id"], item["band"]) == ("q3", "n8", "ambiguous")
 
 
 def test_no_bands_gives_clear_message(store):
     with pytest.raises(StoreError, match="no scored candidates|mine"):
-        review.build_queue(store)
+        review.build_queue(store, mode="risk")
 
 
 def test_two_stores_do_not_share_cache(tmp_path):
@@ -221,8 +222,8 @@ def test_two_stores_do_not_share_cache(tmp_path):
         build_handbuilt_store(a)
         build_handbuilt_store(b)
         b.execute("DELETE FROM bands WHERE doc_id = 'n1' AND query_id = 'q1'")
-        assert review.next_item(a, mode="risk", annotator="x")["doc_id"] == "n1"
-        assert review.next_item(b, mode="risk", annotator="x")["doc_id"] == "n5"
+        assert review.next_item(a, annotator="x", mode="risk")["doc_id"] == "n1"
+        assert review.next_item(b, annotator="x", mode="risk")["doc_id"] == "n5"
     finally:
         a.close()
         b.close()
@@ -233,7 +234,7 @@ def test_stratified_walk_keeps_items_judged_in_risk_order(handbuilt_store):
     first_risk = HANDBUILT_RISK_ORDER[0]
     review.record_verdict(handbuilt_store, query_id=first_risk[0], doc_id=first_risk[1], verdict="false_negative",
                           annotator="ann", queue_mode="risk")
-    risk = _keys(review.build_queue(handbuilt_store, annotator="ann"))
+    risk = _keys(review.build_queue(handbuilt_store, annotator="ann", mode="risk"))
     strat = _keys(review.build_queue(handbuilt_store, mode="stratified", annotator="ann"))
     assert first_risk not in risk
     assert first_risk in strat and len(strat) == len(HANDBUILT_CANDIDATES)

@@ -14,8 +14,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Load a training set into a DuckDB store: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), "
             "FlagEmbedding JSONL {query,pos,neg,pos_scores?,neg_scores?}, sentence-transformers triplets "
             "{anchor|query,positive,negative} or n-tuples {anchor|query,positive,negative_1..n | neg}; JSONL, Parquet "
-            "or CSV. All or nothing: a bad line stops the ingest and the store is left as it was, unless --skip-bad. "
-            "Re-ingesting the same input adds nothing."
+            "or CSV. Every record is checked (non-blank texts, finite teacher scores within +-1e6, ids of at most "
+            "1,024 characters or 64-bit integers, records of at most 16 MiB; see auditor/ingest/limits.py). All or "
+            "nothing: a bad line stops the ingest, naming file, line and field, and the store is left as it was "
+            "(also on Ctrl-C or SIGTERM), unless --skip-bad. A file with no valid record is refused; re-ingesting "
+            "the same input adds nothing."
         ),
     )
     p.add_argument("path", help="file or BEIR folder")

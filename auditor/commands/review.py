@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from auditor.commands.args import opt_float
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -46,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("export settings (export mode; default: those of the latest export)")
     g.add_argument("--negatives", type=int, help="negatives per query")
     g.add_argument("--strategy", choices=["top", "random", "simans", "band-mix"], help="how negatives are chosen")
-    g.add_argument("--max-risk", type=_opt_float, metavar="P", help="risk threshold ('off' for none)")
+    g.add_argument("--max-risk", type=opt_float, metavar="P", help="risk threshold ('off' for none)")
     p.add_argument("--texts", action="store_true", help="with --json, add the query and candidate texts")
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p.set_defaults(func=run_queue)
@@ -84,15 +86,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--out", required=True, help="output file (JSONL)")
     exp.add_argument("--current", action="store_true", help="only each annotator's current verdict per item")
     exp.set_defaults(func=run_export)
-
-
-def _opt_float(text: str) -> float | None:
-    if text.strip().lower() in ("off", "none"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
 
 
 def _selection(con, args: argparse.Namespace):

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from auditor.commands.args import opt_float, opt_int
+
 
 def _store(path: str, read_only: bool = False):
     from auditor.cli import UserError
@@ -18,25 +20,6 @@ def _store(path: str, read_only: bool = False):
     if not Path(path).exists():
         raise UserError(f"no store at {path}: create it with `auditor ingest PATH --db {path}`")
     return open_store(path, read_only=read_only)
-
-
-def _opt_float(text: str) -> float | None:
-    """A number, or 'off' / 'none' to switch a rule off."""
-    if text.strip().lower() in ("off", "none"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
-
-
-def _opt_int(text: str) -> int | None:
-    if text.strip().lower() in ("off", "none"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'off', got {text!r}") from None
 
 
 class _Bars:
@@ -68,10 +51,13 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from auditor.config import MineConfig
 
     cfg = replace(MineConfig(), batch_size=args.batch_size, index=args.index)
+    from auditor.signals import interrupt_on_signals
+
     bars = _Bars()
     try:
-        s = mine(con, model_name=args.model, depth=args.depth, source=args.source, index=args.index,
-                 stage_progress=bars, config=cfg, band_config=args.config)
+        with interrupt_on_signals(con):  # Ctrl-C or SIGTERM: the transaction rolls back, the store stays as it was
+            s = mine(con, model_name=args.model, depth=args.depth, source=args.source, index=args.index,
+                     stage_progress=bars, config=cfg, band_config=args.config)
     finally:
         bars.close()
     print(f"model {s.model}, source {s.source}, depth {s.depth}")
@@ -90,20 +76,20 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 _BAND_FLAGS = [
-    ("relative_margin", _opt_float, "suspicious when s_neg > s_pos - |s_pos| * X ('off' to disable)"),
-    ("absolute_margin", _opt_float, "suspicious when s_neg >= s_pos - X"),
-    ("absolute_cap", _opt_float, "suspicious when s_neg >= X"),
-    ("near_duplicate", _opt_float, "suspicious when sim(positive, candidate) >= X"),
-    ("top_rank", _opt_int, "suspicious when the candidate's rank in the model's search is <= K"),
-    ("consensus_rank", _opt_int,
+    ("relative_margin", opt_float, "suspicious when s_neg > s_pos - |s_pos| * X ('off' to disable)"),
+    ("absolute_margin", opt_float, "suspicious when s_neg >= s_pos - X"),
+    ("absolute_cap", opt_float, "suspicious when s_neg >= X"),
+    ("near_duplicate", opt_float, "suspicious when sim(positive, candidate) >= X"),
+    ("top_rank", opt_int, "suspicious when the candidate's rank in the model's search is <= K"),
+    ("consensus_rank", opt_int,
      "suspicious when the candidate is within the top K of its query once dense, BM25 and closeness to the "
      "positive are fused (19 = what the export skips before any verdict)"),
-    ("anchor_max_outscored", _opt_int,
+    ("anchor_max_outscored", opt_int,
      "apply positive-relative rules only to queries whose positive is outscored by at most K candidates"),
     ("simans_a", float, "SimANS weight exp(-a (delta - b)^2): a"),
     ("simans_b", float, "SimANS weight: b (the delta that training should prefer)"),
     ("ambiguous_min_weight", float, "ambiguous when the SimANS weight is at least W"),
-    ("easy_rank", _opt_int, "too easy when ranked beyond K, whatever the score"),
+    ("easy_rank", opt_int, "too easy when ranked beyond K, whatever the score"),
 ]
 
 
@@ -253,7 +239,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=DEFAULT_BAND_CONFIG, help="band configuration")
     p.add_argument("--model", default=None, help="scored model (default: the latest scored)")
     p.add_argument("--seed", type=int, default=ExportConfig.seed)
-    p.add_argument("--max-risk", type=_opt_float, default=ExportConfig.max_risk, metavar="P",
+    p.add_argument("--max-risk", type=opt_float, default=ExportConfig.max_risk, metavar="P",
                    help="skip unreviewed candidates with P(false negative) above P, as `auditor export` does "
                         "(default %(default)s; 'off' keeps them)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -1,30 +1,35 @@
 """Ingest of training sets into the store: BEIR folders, FlagEmbedding JSONL, triplets and n-tuples.
 
-Design: DuckDB reads and checks the whole file in SQL (fast, flat memory); only when a check fails does Python re-read
-the file to name the exact line and field. Everything happens in one transaction: a failed ingest leaves the store as
-it was; re-ingesting the same file adds nothing.
+Design: DuckDB reads the whole file and checks every record against the rule table in the same pass (fast, flat
+memory); only when a record is bad does Python look at lines, to name the exact line and field. Everything happens in
+one transaction: a failed or interrupted ingest leaves the store as it was; re-ingesting the same file adds nothing.
+What ingest accepts is stated in `auditor.ingest.limits` and `auditor.ingest.rules`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import duckdb
 
-from auditor.ingest.diagnose import scan_jsonl
+from auditor.ingest.diagnose import first_keys, key_lines
 from auditor.ingest.errors import IngestError
-from auditor.ingest.formats import FORMATS, Field, detect_format, first_record_keys, layout_for, tabular_columns
-from auditor.ingest.merge import merge
-from auditor.ingest.stage import (
-    beir_split_file, first_problem, pair_projection, scan_tabular, stage_beir, stage_pairs,
+from auditor.ingest.formats import (
+    BEIR_CORPUS_FIELDS, BEIR_QUERY_FIELDS, FORMATS, PairLayout, detect_format, guess_pair_format, is_tabular,
+    layout_for, tabular_columns,
 )
+from auditor.ingest.merge import merge
+from auditor.ingest.read import (
+    Rejects, Source, jsonl_keys, jsonl_source, load_checked, refuse_unreadable, unique_ids,
+)
+from auditor.ingest.scratch import Scratch, scratch_space
+from auditor.signals import interrupt_on_signals
+from auditor.ingest.stage import beir_files, finish_beir, pair_projection, stage_beir_texts, stage_pairs, stage_qrels
 from auditor.store import transaction
 
 __all__ = ["IngestError", "IngestSummary", "detect_format", "ingest_path", "FORMATS"]
@@ -50,6 +55,7 @@ class IngestSummary:
     negatives_dropped_as_positive: int = 0
     queries_without_judgments: int = 0
     skipped: int = 0
+    records: int = 0  # valid records read (lines, rows; for BEIR corpus + queries + judgments)
     rejects_path: str | None = None
     nothing_new: bool = False
 
@@ -60,6 +66,7 @@ class IngestSummary:
         out = [
             f"ingested {self.path} as {self.format}" + (f" (split {self.split})" if self.split else "")
             + f" into dataset {self.dataset!r}",
+            f"  records read:         {self.records:,}",
             f"  new queries:          {self.queries:,}",
             f"  new documents:        {self.documents:,}",
             f"  new positives:        {self.positives:,}",
@@ -104,7 +111,10 @@ def ingest_path(
     rejects_path: str | Path | None = None,
     progress: Progress | None = None,
 ) -> IngestSummary:
-    """Load one training set into the store, all or nothing (or, with skip_bad, all valid records)."""
+    """Load one training set into the store, all or nothing (or, with skip_bad, all valid records).
+
+    A file from which no valid record can be read is refused; SIGTERM during an ingest rolls it back like Ctrl-C.
+    """
     path = Path(path)
     if not path.exists():
         raise IngestError(str(path), None, "no such file or folder")
@@ -116,33 +126,21 @@ def ingest_path(
     summary = IngestSummary(path=str(path), format=fmt, dataset=dataset)
     if rejects_path is None:  # dataset names may hold a '/' (msmarco-mined/train): keep the report in one file
         rejects_path = Path.cwd() / f"{dataset.replace('/', '_')}.rejects.jsonl"
-    rejects = _Rejects(Path(rejects_path)) if skip_bad else None
+    rejects = Rejects(Path(rejects_path)) if skip_bad else None
 
     step = _stepper(progress)
     # Reading, checking and staging touch only temporary tables; the store changes in one transaction at the end.
-    with tempfile.TemporaryDirectory(prefix="auditor-ingest-") as tmp:
+    with interrupt_on_signals(con) as guard, scratch_space() as scratch:
         try:
             if fmt == "beir":
                 if path.is_file():
                     raise IngestError(str(path), None, "format beir expects a folder with corpus.jsonl, queries.jsonl, qrels/")
-                qrels = beir_split_file(path, split)
-                summary.split = qrels.stem
-                _load_beir(con, path, qrels, rejects, Path(tmp), summary)
+                _load_beir(con, path, split, scratch, rejects, summary)
                 step()  # read, checked and staged
             else:
                 if path.is_dir():
                     raise IngestError(str(path), None, f"format {fmt} expects a file, got a folder")
-                if path.suffix in (".parquet", ".csv"):
-                    keys, where = tabular_columns(path), str(path)
-                else:
-                    keys, lineno = first_record_keys(path)
-                    where = f"{path}:{lineno}"
-                layout = layout_for(fmt, keys, where)
-                fields = layout.fields()
-                pairs = [(layout.positives, layout.pos_scores), (layout.negatives[0], layout.neg_scores)]
-                pairs = [(t, s) for t, s in pairs if s]
-                _load_checked(con, path, [f.name for f in fields], fields, pairs, rejects, Path(tmp),
-                              projection=pair_projection(layout), table="recs")
+                layout = _load_pairs(con, path, fmt, scratch, rejects, summary)
                 step()  # read and checked
                 stage_pairs(con, layout)
             step()  # staged
@@ -154,15 +152,17 @@ def ingest_path(
                     summary.skipped = rejects.count
                     summary.rejects_path = str(rejects.path) if rejects.count else None
                 new = sum(counts[k] for k in ("queries", "documents", "positives", "judged_negatives", "candidates"))
-                summary.nothing_new = new == 0
+                summary.nothing_new = summary.records > 0 and new == 0
                 if not summary.nothing_new:
                     _record_ingest(con, path, summary)
+                guard.hold()  # committing: a SIGTERM from now on ends the process after cleanup, not the ingest
             step()  # merged
         finally:
-            for t in ("raw", "recs", "raw_corpus", "raw_queries", "s_docs", "s_queries", "s_qrels", "s_cands"):
+            for t in ("recs", "pairs", "raw_corpus", "raw_queries", "raw_qrels", "s_docs", "s_queries", "s_qrels",
+                      "s_cands"):
                 con.execute(f"DROP TABLE IF EXISTS temp.{t}")
-    if rejects:
-        rejects.close()
+            if rejects:
+                rejects.close()
     step()  # committed
     return summary
 
@@ -180,75 +180,56 @@ def _record_ingest(con: duckdb.DuckDBPyConnection, path: Path, summary: IngestSu
     )
 
 
-class _Rejects:
-    """The --skip-bad report: one JSON line per rejected input line, with file, line, field and reason."""
-
-    def __init__(self, path: Path):
-        self.path, self.count, self._fh = path, 0, None
-
-    def add(self, file: Path, line: int, field: str | None, reason: str, raw: bytes | None) -> None:
-        if self._fh is None:
-            self._fh = open(self.path, "w", encoding="utf-8")
-        record = {"file": str(file), "line": line, "field": field, "reason": reason}
-        if raw is not None:
-            record["text"] = raw.decode("utf-8", errors="replace").rstrip("\n")[:2000]
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.count += 1
-
-    def close(self) -> None:
-        if self._fh:
-            self._fh.close()
-
-
-def _load_checked(
-    con: duckdb.DuckDBPyConnection,
-    path: Path,
-    keys: list[str],
-    specs: list[Field],
-    pairs: list[tuple[str, str]],
-    rejects: _Rejects | None,
-    tmp: Path,
-    projection: str = "*",
-    table: str = "raw",
-) -> None:
-    """Load `path` into temp `table`, all checks passed; with rejects, drop bad lines and report them."""
-    err = first_problem(con, path, keys, specs, pairs, projection, table)
-    if err is None:
-        return
-    if rejects is None:
-        raise err
-    if path.suffix in (".parquet", ".csv"):
-        try:
-            bad_rows = list(scan_tabular(path, specs))
-        except duckdb.Error:
-            bad_rows = []
-        if not bad_rows:
-            raise err  # unreadable as a whole, not a bad row: nothing valid to keep
-        for where, field, message in bad_rows:
-            rejects.add(path, int(where.rsplit(" ", 1)[1]), field, message, None)
-        con.execute(f"DELETE FROM {table} WHERE _bad")
-        return
-    good = tmp / path.name
-    with open(good, "wb") as out:
-        for lineno, raw, problems in scan_jsonl(path, specs, pairs):
-            if problems:
-                p = problems[0]
-                rejects.add(path, lineno, p.field, p.message, raw)
-            else:
-                out.write(raw if raw.endswith(b"\n") else raw + b"\n")
-    err = first_problem(con, good, keys, specs, pairs, projection, table)
-    if err is not None:
-        raise err
+def _load_pairs(
+    con: duckdb.DuckDBPyConnection, path: Path, fmt: str, scratch: Scratch, rejects: Rejects | None,
+    summary: IngestSummary,
+) -> PairLayout:
+    """Read a pair-format file into the checked `recs` table; the layout comes from the keys of all its records."""
+    columns = None
+    if is_tabular(path):
+        columns = tabular_columns(path)
+        src, keys = Source(path, path), set(columns)
+        where = f"{path}:line 1" if path.suffix.lower() == ".csv" else str(path)
+    else:
+        src, keys = jsonl_keys(con, jsonl_source(path, scratch), scratch)
+        refuse_unreadable(src, rejects)
+        _, first, _ = first_keys(src.read_path)
+        if first == 0 and not src.left_out:
+            raise IngestError(str(path), None, "file is empty: no records")
+        where = f"{path}:{src.line_of[0] if src.line_of else first}" if first else str(path)
+    layout = layout_for(fmt, keys, where)
+    unread = layout.unread_text_keys(keys)
+    if unread:
+        if columns is None:
+            found = key_lines(src.read_path, {unread[0]})
+            line = found.get(unread[0])
+            where = f"{path}:{src.line_of[line - 1] if src.line_of and line else line}" if line else str(path)
+        guess = guess_pair_format(keys)
+        hint = f"; try --format {guess}" if guess and guess != fmt else ""
+        raise IngestError(where, unread[0], f"holds texts that format {fmt} does not read (it reads "
+                                            f"{', '.join(layout.keys())}): they would be lost{hint}")
+    _src, summary.records = load_checked(con, src, "recs", layout.fields(), scratch, rejects, layout.same_length(),
+                                         pair_projection(layout), columns)
+    return layout
 
 
 def _load_beir(
-    con: duckdb.DuckDBPyConnection, folder: Path, qrels: Path, rejects: _Rejects | None, tmp: Path,
+    con: duckdb.DuckDBPyConnection, folder: Path, split: str | None, scratch: Scratch, rejects: Rejects | None,
     summary: IngestSummary,
 ) -> None:
-    summary.queries_without_judgments = stage_beir(
-        con, folder, qrels, load=lambda p, keys, specs: _load_checked(con, p, keys, specs, [], rejects, tmp),
-        on_bad_qrel=(lambda line, field, reason: rejects.add(qrels, line, field, reason, None)) if rejects else None,
-    )
+    corpus, queries, qrels = beir_files(folder, split)
+    summary.split = qrels.stem
+    for path, fields, table, text_sql in (
+        (corpus, BEIR_CORPUS_FIELDS, "raw_corpus",
+         "concat_ws(' ', json_extract_string(title, '$'), json_extract_string(text, '$'))"),
+        (queries, BEIR_QUERY_FIELDS, "raw_queries", "json_extract_string(text, '$')"),
+    ):
+        src, n = load_checked(con, jsonl_source(path, scratch), table, fields, scratch, rejects)
+        unique_ids(con, src, table, text_sql)
+        summary.records += n
+    stage_beir_texts(con)
+    summary.records += stage_qrels(con, qrels, rejects)
+    summary.queries_without_judgments = finish_beir(con)
 
 
 def _default_name(path: Path) -> str:

@@ -1,121 +1,203 @@
-"""Line-by-line checking of JSON-lines input, for precise messages and for --skip-bad.
+"""Line-level reading of JSON-lines input in Python: what DuckDB's reader would refuse, and on which line.
 
-The fast path reads files with DuckDB and only counts problems; when it finds any (or DuckDB cannot parse the file),
-this module re-reads the file in Python to say exactly which line and field is wrong. It applies the same `Field`
-specs as the SQL checks in `auditor.ingest.checks`.
+The fast path reads a whole file with DuckDB. When DuckDB cannot read it, this module finds the line to blame; it
+mirrors what makes DuckDB's ``read_json`` fail (bad UTF-8, malformed JSON, a lone surrogate, a line that is not an
+object, a key given twice) and nothing else: field values are judged by the rule table alone
+(`auditor.ingest.rules`), in SQL. Lines that Python's parser rejects but DuckDB's accepts (trailing commas, ``nan``,
+very deep nesting, integers of thousands of digits) are handed to DuckDB's parser, so both agree on what is JSON.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditor.ingest.formats import ID, NUMBER_LIST, OPT_TEXT, TEXT, TEXT_LIST, Field
+import duckdb
+
+from auditor.ingest.limits import MAX_RECORD_BYTES
+
+#: A UTF-8 byte order mark: accepted at the start of a file and ignored (DuckDB's JSON reader would refuse it).
+BOM = b"\xef\xbb\xbf"
+
+#: Bytes that make a line blank (DuckDB's JSON reader skips such lines; so does ingest, in the same way).
+_BLANK_BYTES = b" \t\r\n\x0b\x0c"
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
-class Problem:
-    line: int
-    field: str | None
-    message: str
+class Line:
+    """One non-blank line: its number, its bytes, its keys in order (None when unreadable) and what is wrong."""
+
+    number: int
+    raw: bytes
+    keys: list[str] | None
+    problem: str | None
 
 
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def is_blank(raw: bytes) -> bool:
+    return not raw.strip(_BLANK_BYTES)
 
 
-def field_problem(spec: Field, record: dict) -> str | None:
-    """The first thing wrong with one field of one record, in the same words as the SQL checks."""
-    value = record.get(spec.name)
-    if value is None:
-        return "missing or null" if spec.required else None
-    kind = spec.kind
-    if kind in (TEXT, OPT_TEXT):
-        if not isinstance(value, str):
-            return f"expected a string, got {_json_type(value)}"
-        if kind == TEXT and spec.nonempty and not value.strip():
-            return "empty string"
-    elif kind == ID:
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            return f"expected a string or integer id, got {_json_type(value)}"
-        if isinstance(value, str) and not value.strip():
-            return "empty string"
-    elif kind in (TEXT_LIST, NUMBER_LIST):
-        if not isinstance(value, list):
-            return f"expected a list, got {_json_type(value)}"
-        if spec.nonempty and not value:
-            return "empty list"
-        if kind == TEXT_LIST:
-            if not all(isinstance(v, str) for v in value):
-                return "expected a list of strings"
-            if any(not v.strip() for v in value):
-                return "empty string in list"
-        elif not all(_is_number(v) for v in value):
-            return "expected a list of numbers"
-    return None
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of every non-blank line, with a leading byte order mark removed from line 1."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
+            if not is_blank(raw):
+                yield number, raw
 
 
-def record_problems(specs: list[Field], record: dict, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(field, message) for every bad field, plus list-length mismatches between score lists and their texts."""
-    out = []
-    for spec in specs:
-        msg = field_problem(spec, record)
-        if msg:
-            out.append((spec.name, msg))
-    bad = {f for f, _ in out}
-    for texts, scores in pairs:
-        if scores in bad or texts in bad or record.get(scores) is None or record.get(texts) is None:
-            continue
-        if len(record[scores]) != len(record[texts]):
-            out.append((scores, f"has {len(record[scores])} values for {len(record[texts])} entries of '{texts}'"))
+def read_line(number: int, raw: bytes, read_keys: set[str] | None = None) -> Line:
+    """Check one line as DuckDB's reader would; `read_keys` are the keys read as columns (a duplicate one fails)."""
+    if len(raw) > MAX_RECORD_BYTES:
+        return Line(number, raw, None, f"record is {len(raw):,} bytes, more than the limit of {MAX_RECORD_BYTES:,}")
+    stripped = raw.strip(_BLANK_BYTES)
+    try:
+        text = stripped.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        column = exc.start + raw.index(stripped[:1]) + 1
+        return Line(number, raw, None, f"not valid UTF-8 (byte {stripped[exc.start]:#04x} at column {column})")
+    parsed = _parse(text)
+    if isinstance(parsed, str):
+        return Line(number, raw, None, f"malformed JSON: {parsed}")
+    kind, pairs = parsed
+    if kind != "object":
+        return Line(number, raw, None, f"expected a JSON object, got {kind}")
+    keys = [k for k, _ in pairs]
+    if any(_SURROGATE.search(k) or in_value for k, in_value in pairs):
+        return Line(number, raw, keys, "lone UTF-16 surrogate in a string (\\ud800-\\udfff without its pair)")
+    if read_keys:
+        seen: set[str] = set()
+        for k in keys:
+            if k in read_keys and k in seen:
+                return Line(number, raw, keys, f"key {k!r} appears twice")
+            seen.add(k)
+    return Line(number, raw, keys, None)
+
+
+def scan(path: Path, read_keys: set[str] | None = None) -> Iterator[Line]:
+    """Every non-blank line of a JSON-lines file, checked (see `read_line`)."""
+    for number, raw in iter_lines(path):
+        yield read_line(number, raw, read_keys)
+
+
+def first_keys(path: Path) -> tuple[list[str] | None, int, str | None]:
+    """Keys of the first record (None if it is unreadable), its line number, and its problem; line 0 if no record."""
+    for line in scan(path):
+        return line.keys, line.number, line.problem
+    return None, 0, None
+
+
+def key_lines(path: Path, wanted: set[str]) -> dict[str, int]:
+    """The first line on which each of `wanted` keys occurs (to point at a key a format would not read)."""
+    found: dict[str, int] = {}
+    for line in scan(path):
+        for k in line.keys or []:
+            if k in wanted and k not in found:
+                found[k] = line.number
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def row_lines(path: Path, rows: list[int]) -> dict[int, int] | None:
+    """Line numbers of the given 0-based record positions (DuckDB reads non-blank lines in order); None when the
+    file's record count cannot be matched (then a row is named by its position instead)."""
+    wanted = sorted(set(rows))
+    out: dict[int, int] = {}
+    position = -1
+    i = 0
+    for number, _raw in iter_lines(path):
+        position += 1
+        if i < len(wanted) and wanted[i] == position:
+            out[position] = number
+            i += 1
+    return out if len(out) == len(wanted) else None
+
+
+def lines_at(path: Path, numbers: set[int]) -> dict[int, bytes]:
+    """The bytes of the given lines (for the --skip-bad report)."""
+    out: dict[int, bytes] = {}
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if number in numbers:
+                out[number] = raw
+                if len(out) == len(numbers):
+                    break
     return out
 
 
-def _json_type(v: object) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(
-        type(v), "null" if v is None else type(v).__name__
-    )
+# -- parsing -------------------------------------------------------------------------------------------------------
+
+_JSON_KINDS = {dict: "object", list: "a list", str: "a string", bool: "true/false", int: "a number", float: "a number"}
+
+_local = threading.local()
 
 
-def scan_jsonl(
-    path: Path, specs: list[Field], pairs: list[tuple[str, str]] | None = None
-) -> Iterator[tuple[int, bytes, list[Problem]]]:
-    """Yield (line number, raw bytes, problems) for every non-blank line."""
-    pairs = pairs or []
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield lineno, raw, [Problem(lineno, None, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})")]
-                continue
-            try:
-                record = json.loads(text)
-            except ValueError as exc:
-                yield lineno, raw, [Problem(lineno, None, f"malformed JSON: {exc}")]
-                continue
-            if not isinstance(record, dict):
-                yield lineno, raw, [Problem(lineno, None, f"expected a JSON object, got {_json_type(record)}")]
-                continue
-            problems = [Problem(lineno, f, m) for f, m in record_problems(specs, record, pairs)]
-            yield lineno, raw, problems
+def _duckdb() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB for parsing single lines, one per thread (the app ingests from several)."""
+    con = getattr(_local, "con", None)
+    if con is None:
+        con = _local.con = duckdb.connect()
+    return con
 
 
-def find_id_lines(path: Path, key: str, wanted: set[str], limit: int = 2) -> dict[str, list[int]]:
-    """Lines where records with the given ids occur (to explain duplicate-id conflicts)."""
-    found: dict[str, list[int]] = {}
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and str(rec.get(key)) in wanted:
-                lines = found.setdefault(str(rec.get(key)), [])
-                if len(lines) < limit:
-                    lines.append(lineno)
-    return found
+def _parse(text: str) -> tuple[str, list[tuple[str, bool]]] | str:
+    """(kind, [(key, value holds a lone surrogate)]) of a JSON text, or the parser's complaint.
+
+    Python's parser first (fast, precise messages); what it refuses or cannot nest deep enough goes to DuckDB's, which
+    is the one that decides in the end.
+    """
+    try:
+        value = json.loads(text, object_pairs_hook=_Pairs)
+    except RecursionError:
+        return _parse_duckdb(text, None)
+    except ValueError as exc:  # "Expecting ',' delimiter: line 1 column 18 (char 17)": the line is ours to name
+        return _parse_duckdb(text, re.sub(r": line \d+ column (\d+) \(char \d+\)$", r" at column \1", str(exc)))
+    if isinstance(value, _Pairs):
+        return "object", [(k, _has_surrogate(v)) for k, v in value.pairs]
+    if value is None:
+        return "null", []
+    return _JSON_KINDS.get(type(value), type(value).__name__), []
+
+
+def _parse_duckdb(text: str, python_error: str | None) -> tuple[str, list[tuple[str, bool]]] | str:
+    con = _duckdb()
+    try:
+        kind, keys = con.execute("SELECT json_type(j), json_keys(j) FROM (SELECT json(?) AS j)", [text]).fetchone()
+    except duckdb.Error as exc:
+        return python_error or str(exc).splitlines()[0].split("Error: ", 1)[-1].split("  Input:")[0][:200]
+    names = {"OBJECT": "object", "ARRAY": "a list", "VARCHAR": "a string", "BOOLEAN": "true/false", "NULL": "null"}
+    return names.get(kind, "a number"), [(k, False) for k in keys or []]
+
+
+class _Pairs(dict):
+    """A JSON object that remembers its key/value pairs in order, duplicates included."""
+
+    def __init__(self, pairs: list[tuple[str, object]]):
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
+def _has_surrogate(value: object) -> bool:
+    """Whether any string in a (parsed) JSON value holds a lone surrogate; iterative, any depth."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return True
+        elif isinstance(v, _Pairs):
+            for k, item in v.pairs:
+                if _SURROGATE.search(k):
+                    return True
+                stack.append(item)
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False

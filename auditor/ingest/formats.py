@@ -1,35 +1,33 @@
-"""What each training-set format looks like, stated once as data.
+"""What each training-set format looks like, stated once as data: its fields, and how a file's keys map onto them.
 
-Both the SQL fast path (`auditor.ingest.pairs`) and the line-by-line diagnosis (`auditor.ingest.diagnose`) read these
-specs, so a rule checked in one place is checked the same way in the other.
+A layout is resolved against the keys of the whole file (every record's, not the first one's), so a key that first
+appears on a late line (``negative_3`` on line 5 of an n-tuple file) is read like any other. A key that holds texts
+but that the chosen format does not read (``negative_2`` in a triplets file, ``anchor`` beside ``query``) is refused:
+reading the file would silently drop those texts.
 """
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from auditor.ingest.diagnose import first_keys
 from auditor.ingest.errors import IngestError
+from auditor.ingest.rules import ID, NUMBER_LIST, STRING, TEXT, TEXT_LIST, TEXT_LIST_OR_EMPTY, Field
 
 FORMATS = ("beir", "flag", "triplets", "ntuple")
 
-# Field kinds: "text" (non-empty string), "id" (non-empty string or integer), "text_list" (list of non-empty strings),
-# "number_list" (list of numbers), "opt_text" (string, may be absent or null).
-TEXT, ID, TEXT_LIST, NUMBER_LIST, OPT_TEXT = "text", "id", "text_list", "number_list", "opt_text"
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str  # key in the record
-    kind: str
-    required: bool = True
-    nonempty: bool = True  # lists: at least one element; text: not blank
+#: n-tuple negatives: negative_1, negative_2, ... (the number is the negative's rank).
+_NUMBERED = re.compile(r"negative_([1-9][0-9]{0,5})")
+#: Keys that hold training texts in some format; one the chosen format does not read would be lost.
+_TEXT_KEYS = {"query", "anchor", "pos", "neg", "positive", "negative"}
+_ANY_NUMBERED = re.compile(r"negative_[0-9]+")
 
 
 @dataclass(frozen=True)
 class PairLayout:
-    """A pair-based format (one record per query or per tuple) resolved against the keys actually present."""
+    """A pair-based format (one record per query or per tuple) resolved against the keys present in the file."""
 
     format: str
     query: str  # key holding the query text
@@ -37,28 +35,42 @@ class PairLayout:
     positives_is_list: bool
     negatives: tuple[str, ...]  # one key holding a list, or several keys each holding one text
     negatives_is_list: bool
+    negative_ranks: tuple[int, ...] = ()  # for numbered negatives: the rank each key stands for
     pos_scores: str | None = None
     neg_scores: str | None = None
     prompt: str | None = None
 
-    def fields(self, present: set[str] | None = None) -> list[Field]:
-        out = [Field(self.query, TEXT)]
-        out.append(Field(self.positives, TEXT_LIST) if self.positives_is_list else Field(self.positives, TEXT))
+    def fields(self) -> list[Field]:
+        out = [Field(self.query, TEXT), Field(self.positives, TEXT_LIST if self.positives_is_list else TEXT)]
         if self.negatives_is_list:
-            out.append(Field(self.negatives[0], TEXT_LIST, nonempty=False))
+            out.append(Field(self.negatives[0], TEXT_LIST_OR_EMPTY))
+        elif self.negative_ranks:  # n-tuples: a record may hold fewer negatives than the file's widest one
+            out.extend(Field(k, TEXT, required=False) for k in self.negatives)
         else:
-            out.extend(Field(k, TEXT) for k in self.negatives)
-        if self.pos_scores:
-            out.append(Field(self.pos_scores, NUMBER_LIST, required=False, nonempty=False))
-        if self.neg_scores:
-            out.append(Field(self.neg_scores, NUMBER_LIST, required=False, nonempty=False))
+            out.append(Field(self.negatives[0], TEXT))
+        for key in (self.pos_scores, self.neg_scores):
+            if key:
+                out.append(Field(key, NUMBER_LIST, required=False))
         if self.prompt:
-            out.append(Field(self.prompt, OPT_TEXT, required=False))
+            out.append(Field(self.prompt, STRING, required=False))
         return out
 
+    def same_length(self) -> list[tuple[str, str]]:
+        """(texts, scores) pairs whose lists must be equally long."""
+        pairs = [(self.positives, self.pos_scores), (self.negatives[0], self.neg_scores)]
+        return [(t, s) for t, s in pairs if s]
 
-# Real BEIR corpora hold a few empty passages (Cranfield has two): a corpus text must be a string, but may be empty.
-BEIR_CORPUS_FIELDS = [Field("_id", ID), Field("text", TEXT, nonempty=False), Field("title", OPT_TEXT, required=False)]
+    def keys(self) -> list[str]:
+        return [f.name for f in self.fields()]
+
+    def unread_text_keys(self, keys: set[str]) -> list[str]:
+        """Keys of the file that hold texts in some format but not in this layout (their texts would be lost)."""
+        read = set(self.keys())
+        return sorted(k for k in keys if k not in read and (k in _TEXT_KEYS or _ANY_NUMBERED.fullmatch(k)))
+
+
+# Real BEIR corpora hold a few empty passages (Cranfield has two): a corpus text must be a string, but may be blank.
+BEIR_CORPUS_FIELDS = [Field("_id", ID), Field("text", STRING), Field("title", STRING, required=False)]
 BEIR_QUERY_FIELDS = [Field("_id", ID), Field("text", TEXT)]
 
 
@@ -69,17 +81,21 @@ def _query_key(keys: set[str]) -> str | None:
     return None
 
 
+def _numbered(keys: set[str]) -> list[tuple[int, str]]:
+    return sorted((int(m.group(1)), k) for k in keys if (m := _NUMBERED.fullmatch(k)))
+
+
 def layout_for(fmt: str, keys: set[str], where: str) -> PairLayout:
-    """Resolve a pair format against the keys of the first record; a mismatch is a wrong-format error."""
+    """Resolve a pair format against the keys of the file; a required key absent from every record is an error."""
     q = _query_key(keys)
     guess = guess_pair_format(keys)
     hint = f"; it looks like {guess}: try --format {guess}" if guess and guess != fmt else ""
-    shown = ", ".join(sorted(keys)) or "none"
+    shown = ", ".join(sorted(keys)[:20]) + (f", ... ({len(keys)} keys)" if len(keys) > 20 else "") if keys else "none"
     if fmt == "flag":
-        missing = [k for k in ("query", "pos") if k not in keys]
+        missing = [k for k in ("query", "pos", "neg") if k not in keys]
         if missing:
             raise IngestError(where, missing[0], f"missing for format flag (keys: {shown}){hint}")
-        return PairLayout("flag", "query", "pos", True, ("neg",), True, "pos_scores", "neg_scores", "prompt")
+        return PairLayout("flag", "query", "pos", True, ("neg",), True, (), "pos_scores", "neg_scores", "prompt")
     if q is None:
         raise IngestError(where, "query", f"no 'query' or 'anchor' field for format {fmt} (keys: {shown}){hint}")
     if "positive" not in keys:
@@ -89,11 +105,12 @@ def layout_for(fmt: str, keys: set[str], where: str) -> PairLayout:
             raise IngestError(where, "negative", f"missing for format triplets (keys: {shown}){hint}")
         return PairLayout("triplets", q, "positive", False, ("negative",), False)
     if fmt == "ntuple":
-        numbered = sorted((k for k in keys if k.startswith("negative_") and k[9:].isdigit()), key=lambda k: int(k[9:]))
+        numbered = _numbered(keys)
         if numbered:
-            return PairLayout("ntuple", q, "positive", False, tuple(numbered), False)
+            return PairLayout("ntuple", q, "positive", False, tuple(k for _, k in numbered), False,
+                              tuple(n for n, _ in numbered))
         if "neg" in keys:
-            return PairLayout("ntuple", q, "positive", False, ("neg",), True, prompt=None)
+            return PairLayout("ntuple", q, "positive", False, ("neg",), True)
         raise IngestError(where, "negative_1", f"no 'negative_1..n' or 'neg' fields for format ntuple (keys: {shown})")
     raise IngestError(where, None, f"unknown format {fmt!r}; choose one of: auto, {', '.join(FORMATS)}")
 
@@ -102,7 +119,7 @@ def guess_pair_format(keys: set[str]) -> str | None:
     if "pos" in keys and "query" in keys:
         return "flag"
     if _query_key(keys) and "positive" in keys:
-        if any(k.startswith("negative_") for k in keys) or "neg" in keys:
+        if any(_ANY_NUMBERED.fullmatch(k) for k in keys) or "neg" in keys:
             return "ntuple"
         if "negative" in keys:
             return "triplets"
@@ -110,36 +127,39 @@ def guess_pair_format(keys: set[str]) -> str | None:
 
 
 def first_record_keys(path: Path) -> tuple[set[str], int]:
-    """Keys of the first non-blank JSON line (and its line number), for detection and layout resolution."""
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if raw.strip():
-                try:
-                    obj = json.loads(raw)
-                except (ValueError, UnicodeDecodeError) as exc:
-                    raise IngestError(f"{path}:{lineno}", None, f"malformed JSON: {exc}") from None
-                if not isinstance(obj, dict):
-                    raise IngestError(f"{path}:{lineno}", None, f"expected a JSON object, got {type(obj).__name__}")
-                return set(obj), lineno
-    raise IngestError(str(path), None, "file is empty: no records")
+    """Keys of the first record (and its line number), for format detection."""
+    keys, lineno, problem = first_keys(path)
+    if lineno == 0:
+        raise IngestError(str(path), None, "file is empty: no records")
+    if problem:
+        raise IngestError(f"{path}:{lineno}", None, problem)
+    return set(keys or []), lineno
 
 
-def tabular_source(path: Path) -> str:
-    """The DuckDB table function that reads a Parquet or CSV file (CSV cells as text: types are checked, not guessed)."""
-    lit = str(path).replace("'", "''")
-    if path.suffix == ".parquet":
-        return f"read_parquet('{lit}')"
-    return f"read_csv('{lit}', all_varchar = true, header = true)"
+def is_tabular(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".csv")
 
 
-def tabular_columns(path: Path) -> set[str]:
-    import duckdb
+def tabular_columns(path: Path) -> list[str]:
+    """The column names of a Parquet or CSV file, in order; a name given twice is refused (a column would be lost)."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
 
-    try:
-        rel = duckdb.sql(f"SELECT * FROM {tabular_source(path)} LIMIT 0")
-    except duckdb.Error as exc:
-        raise IngestError(str(path), None, f"cannot read as {path.suffix[1:]}: {exc}") from None
-    return set(rel.columns)
+        try:
+            names = pq.read_schema(path).names
+        except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+            raise IngestError(str(path), None, f"cannot read as parquet: {str(exc).splitlines()[0][:200]}") from None
+        where = str(path)
+    else:
+        from auditor.ingest.tabular import csv_header
+
+        names, where = csv_header(path)
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise IngestError(where, name, "column appears twice in the header: one of them would be lost")
+        seen.add(name)
+    return names
 
 
 def detect_format(path: Path) -> str:
@@ -148,9 +168,9 @@ def detect_format(path: Path) -> str:
         if (path / "corpus.jsonl").exists() and (path / "queries.jsonl").exists():
             return "beir"
         raise IngestError(str(path), None, "folder is not a BEIR dataset: expected corpus.jsonl, queries.jsonl, qrels/")
-    if path.suffix in (".parquet", ".csv"):
-        keys = tabular_columns(path)
-        where = str(path)
+    if is_tabular(path):
+        keys = set(tabular_columns(path))
+        where = f"{path}:line 1" if path.suffix.lower() == ".csv" else str(path)
     else:
         keys, lineno = first_record_keys(path)
         where = f"{path}:{lineno}"
@@ -159,8 +179,8 @@ def detect_format(path: Path) -> str:
         raise IngestError(
             where,
             None,
-            "cannot tell the format from the keys " + ", ".join(sorted(keys)) + ": expected FlagEmbedding "
-            "{query,pos,neg}, triplets {anchor|query,positive,negative} or n-tuples {anchor|query,positive,"
-            "negative_1..n}; pass --format",
+            "cannot tell the format from the keys " + (", ".join(sorted(keys)) or "(none)") + ": expected "
+            "FlagEmbedding {query,pos,neg}, triplets {anchor|query,positive,negative} or n-tuples {anchor|query,"
+            "positive,negative_1..n}; pass --format",
         )
     return fmt

@@ -1,0 +1,126 @@
+"""Parquet and CSV input: how DuckDB reads them, and, for CSV, which line a record starts on.
+
+CSV is read with one fixed dialect (RFC 4180: comma, double quotes doubled inside quoted cells, a header row), never
+sniffed: a sniffer that guesses a different delimiter for one odd file turns a short row into a one-column table.
+Python's csv module, set to the same dialect, only locates things: the line a record starts on (a quoted cell may
+span lines) and the first structurally broken record when DuckDB refuses the file.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+from auditor.ingest.errors import IngestError
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class _Dialect(csv.Dialect):
+    delimiter = ","
+    quotechar = '"'
+    doublequote = True
+    skipinitialspace = False
+    lineterminator = "\n"
+    quoting = csv.QUOTE_MINIMAL
+    strict = True
+
+
+class BrokenRecord(Exception):
+    """A record the csv module cannot parse, with the line it starts on."""
+
+    def __init__(self, line: int, reason: str):
+        super().__init__(reason)
+        self.line, self.reason = line, reason
+
+
+def _records(path: Path, ends: bool = False) -> Iterator[tuple[int, list[str]]] | Iterator[tuple[int, int, list[str]]]:
+    """(first line, cells) of every CSV record (with `ends`: (first line, last line, cells)), blank lines skipped;
+    raises BrokenRecord or UnicodeDecodeError."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, _Dialect)
+        start = 1
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise BrokenRecord(start, str(exc)) from None
+            if cells:
+                yield (start, reader.line_num, cells) if ends else (start, cells)
+            start = reader.line_num + 1
+
+
+def _line_endings(path: Path) -> list[str]:
+    """How each line of a text file ends: "\r\n", "\n", "\r" or "" (the last line, unterminated)."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        return [line[len(line.rstrip("\r\n")):] for line in fh]
+
+
+def csv_header(path: Path) -> tuple[list[str], str]:
+    """Column names of a CSV file (a blank name becomes ``column<i>``, as DuckDB names it) and where the header is."""
+    where = f"{path}:line 1"
+    try:
+        first = next(_records(path), None)
+    except UnicodeDecodeError as exc:
+        raise IngestError(where, None, f"not valid UTF-8 ({exc.reason})") from None
+    except BrokenRecord as exc:
+        raise IngestError(where, None, f"malformed CSV header: {exc.reason}") from None
+    if first is None:
+        raise IngestError(str(path), None, "file is empty: no header and no records")
+    line, names = first
+    return [name or f"column{i}" for i, name in enumerate(names)], f"{path}:line {line}"
+
+
+def tabular_source(path: Path, columns: list[str]) -> str:
+    """The DuckDB table function that reads a Parquet or CSV file (CSV cells as text: types are checked, not guessed)."""
+    if path.suffix.lower() == ".parquet":
+        return f"read_parquet({_lit(str(path))})"
+    spec = ", ".join(f"{_lit(c)}: 'VARCHAR'" for c in columns)
+    return (
+        f"read_csv({_lit(str(path))}, header = true, auto_detect = false, columns = {{{spec}}}, delim = ',', "
+        "quote = '\"', escape = '\"', strict_mode = true, null_padding = false)"
+    )
+
+
+def record_lines(path: Path, rows: list[int]) -> dict[int, int] | None:
+    """Line on which each of the given 0-based data records starts; None when Python and DuckDB disagree on records."""
+    wanted = set(rows)
+    out: dict[int, int] = {}
+    try:
+        for position, (line, _cells) in enumerate(_records(path), start=-1):  # position -1 is the header
+            if position in wanted:
+                out[position] = line
+    except (BrokenRecord, UnicodeDecodeError):
+        return None
+    return out if len(out) == len(wanted) else None
+
+
+def first_broken_record(path: Path, n_columns: int) -> tuple[int, str] | None:
+    """(line, what is wrong) of the first record DuckDB cannot read: bad UTF-8, broken quoting, wrong cell count."""
+    with open(path, "rb") as fh:  # bad UTF-8 first, by line, since the csv module cannot say where it is
+        for number, raw in enumerate(fh, start=1):
+            try:
+                (raw[3:] if number == 1 and raw.startswith(codecs.BOM_UTF8) else raw).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return number, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
+    try:
+        records = list(_records(path, ends=True))
+    except BrokenRecord as exc:
+        return exc.line, f"malformed CSV: {exc.reason}"
+    for line, _end, cells in records:
+        if len(cells) != n_columns:
+            return line, f"expected {n_columns} cells, as in the header, got {len(cells)}"
+    endings = _line_endings(path)  # DuckDB reads one line-end style per file
+    style = endings[records[0][1] - 1] if records else ""
+    for line, end, _cells in records[1:]:
+        if endings[end - 1] not in (style, ""):
+            names = {"\r\n": "CRLF", "\n": "LF", "\r": "CR"}
+            return line, (f"line ends with {names[endings[end - 1]]} but the header with {names.get(style, style)}: "
+                          "one file, one line-end style")
+    return None
