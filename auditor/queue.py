@@ -172,7 +172,7 @@ class _MemTables:
 
     def get(
         self, con: duckdb.DuckDBPyConnection, key: tuple, fingerprint: tuple,
-        build: Callable[[duckdb.DuckDBPyConnection], tuple[pa.Table, int]],
+        build: Callable[[duckdb.DuckDBPyConnection], tuple[pa.Table, int]], stale_ok: bool = False,
     ) -> _Entry:
         """The entry for ``key``; ``build(con)`` returns (rows, verdict event id they reflect).
 
@@ -180,13 +180,14 @@ class _MemTables:
         built before answering. A changed soft part only (the risk model refitted after a few verdicts, every few
         seconds while people review) serves the old entry at once and builds the new one on a cursor of its own in a
         background thread (stale while revalidating): an annotator never waits for a million-row rebuild, and the
-        next request finds it ready.
+        next request finds it ready. Only where ``stale_ok``: the rebuild runs on a cursor of ``con``, so ``con`` must
+        outlive it (the app's shared store does; a command that closes its connection when done must not ask).
         """
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None and hit.fingerprint == fingerprint:
                 return hit
-            if hit is not None and hit.fingerprint[0] == fingerprint[0]:
+            if stale_ok and hit is not None and hit.fingerprint[0] == fingerprint[0]:
                 if key not in self._rebuilding:
                     self._rebuilding.add(key)
                     threading.Thread(target=self._rebuild, args=(con.cursor(), key, fingerprint, build),
@@ -275,7 +276,7 @@ def _items_sql(only: str = "") -> str:
     """
 
 
-def _items_table(con: duckdb.DuckDBPyConnection, config: str, model: str, seed: int) -> str:
+def _items_table(con: duckdb.DuckDBPyConnection, config: str, model: str, seed: int, stale_ok: bool = False) -> str:
     """Name of the in-memory table holding every banded item of (config, model), with per-band random positions."""
 
     def build(con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, int]:
@@ -291,10 +292,12 @@ def _items_table(con: duckdb.DuckDBPyConnection, config: str, model: str, seed: 
         return rows, 0
 
     key = ("items", _store_key(con), config, model, int(seed))
-    return _TABLES.get(con, key, _fingerprint(con, config, model), build).table
+    return _TABLES.get(con, key, _fingerprint(con, config, model), build, stale_ok).table
 
 
-def _export_table(con: duckdb.DuckDBPyConnection, selection: Selection, model: str) -> str:
+def _export_table(
+    con: duckdb.DuckDBPyConnection, selection: Selection, model: str, stale_ok: bool = False
+) -> str:
     """Name of the in-memory table holding what ``selection`` exports now, patched for newer verdicts."""
     only = "AND query_id IN (SELECT query_id FROM _dirty_queries)"
 
@@ -321,7 +324,7 @@ def _export_table(con: duckdb.DuckDBPyConnection, selection: Selection, model: s
 
     key = ("export", _store_key(con), selection.to_json(), model)
     hard, soft = _fingerprint(con, selection.config, model)
-    entry = _TABLES.get(con, key, ((*hard, selection.to_json()), soft), build)
+    entry = _TABLES.get(con, key, ((*hard, selection.to_json()), soft), build, stale_ok)
     if _last_event(con) > entry.event_id:
         with entry.lock:  # one patcher per snapshot; the others wait and find it patched
             newest = _last_event(con)
@@ -490,6 +493,7 @@ def _run(
     double_annotation: float,
     skip: Iterable[tuple[str, str]],
     now: float | None = None,
+    stale_ok: bool = False,
     **kw: Any,
 ) -> pd.DataFrame:
     if mode not in MODES:
@@ -498,9 +502,9 @@ def _run(
     mem = _TABLES.cursor()
     for attempt in (1, 2):
         if mode == "export":
-            items = _export_table(con, selection or current_selection(con), model)
+            items = _export_table(con, selection or current_selection(con), model, stale_ok)
         else:
-            items = _items_table(con, config, model, seed)
+            items = _items_table(con, config, model, seed, stale_ok)
         sql, params = _queue_sql(mode=mode, items=items, n_done=len(done), **kw)
         mem.register("_done", done)
         try:
@@ -540,6 +544,7 @@ def build_queue(
     double_annotation: float | None = None,
     skip: Iterable[tuple[str, str]] = (),
     selection: Selection | None = None,
+    stale_ok: bool = False,
 ) -> pd.DataFrame:
     """The review queue in order (see the module docstring for the orders and the exclusion rules).
 
@@ -552,7 +557,7 @@ def build_queue(
     df = _run(
         con, mode=mode, config=config, model=model, seed=seed, selection=selection, bands=bands, source=source,
         query_id=query_id, annotator=annotator, skip=skip, double_annotation=double_share(double_annotation),
-        limit=limit,
+        limit=limit, stale_ok=stale_ok,
     )
     if len(df):
         df["sources"] = df["sources"].map(lambda s: [str(x) for x in s] if s is not None else [])
@@ -573,6 +578,7 @@ def next_item(
     seed: int = 42,
     double_annotation: float | None = None,
     selection: Selection | None = None,
+    stale_ok: bool = False,
 ) -> dict[str, Any] | None:
     """The next item for ``annotator`` (one query with LIMIT 1), or None when the queue is empty.
 
@@ -583,6 +589,7 @@ def next_item(
     df = _run(
         con, mode=mode, config=config, model=model, seed=seed, selection=selection, bands=bands, source=source,
         query_id=query_id, annotator=annotator, skip=skip, double_annotation=double_share(double_annotation), limit=1,
+        stale_ok=stale_ok,
     )
     if df.empty:
         return None
@@ -699,6 +706,7 @@ def claim(
     seed: int = 42,
     double_annotation: float | None = None,
     selection: Selection | None = None,
+    stale_ok: bool = False,
 ) -> list[dict[str, Any]]:
     """Hold up to ``limit`` review items for ``annotator`` for ``ttl`` seconds, and return them in order.
 
@@ -706,7 +714,8 @@ def claim(
     new leases on the next items of the queue (``build_queue`` with the same arguments), which by then leaves out
     every item held by another annotator — unless the item is routed to double annotation and only one other holds
     or judged it. Atomic: two claims at once never hold the same item. Each item is a dict like
-    :func:`next_item`'s.
+    :func:`next_item`'s. ``stale_ok``: right after a refit of the risk model, order by the previous fit while the
+    new order is built in the background (for a long-lived connection such as the app's; see ``_MemTables.get``).
     """
     if not isinstance(annotator, str) or not annotator.strip():
         raise ValueError("a claim needs the annotator's name")
@@ -726,7 +735,7 @@ def claim(
                 df = _run(
                     con, mode=mode, config=config, model=model, seed=seed, selection=selection, bands=bands,
                     source=source, query_id=query_id, annotator=annotator, skip=[*skip, *held_ids], now=now,
-                    double_annotation=double_share(double_annotation), limit=limit - len(held),
+                    double_annotation=double_share(double_annotation), limit=limit - len(held), stale_ok=stale_ok,
                 )
                 new = [_item_dict(row, mode, model, config, filtered=bool(source or query_id))
                        for _, row in df.iterrows()]

@@ -114,7 +114,8 @@ class Worklist:
         with self._claiming:
             if self._closed:  # given back (another queue choice, sign-out): a late prefetch must not claim again
                 return
-            got = queue.claim(con, annotator=self.annotator, limit=self.batch, ttl=self.ttl, **self.queue_kw)
+            got = queue.claim(con, annotator=self.annotator, limit=self.batch, ttl=self.ttl, stale_ok=True,
+                              **self.queue_kw)
         with self._lock:
             before = self.current_key()
             self.items = [it for it in got if _key(it) not in self._finished]

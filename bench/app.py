@@ -165,7 +165,7 @@ def bench_next_item(path: Path, n_items: int, mode: str) -> dict[str, list[float
     out: dict[str, list[float]] = {"next_item": [], "item_context": [], "total": [], "claim": []}
     for _ in range(n_items):
         t0 = time.perf_counter()
-        item = review.next_item(con, annotator="bench", mode=mode)
+        item = review.next_item(con, annotator="bench", mode=mode, stale_ok=True)  # as the app's worklist
         t1 = time.perf_counter()
         review.item_context(con, item["query_id"], item["doc_id"], model=item["model"])
         t2 = time.perf_counter()
@@ -177,7 +177,7 @@ def bench_next_item(path: Path, n_items: int, mode: str) -> dict[str, list[float
             band=item["band"], queue_mode=item["mode"], sampling_prob=item.get("sampling_prob"),
         )
         t0 = time.perf_counter()
-        held = queue.claim(con, annotator="bench-claims", limit=5, mode=mode)
+        held = queue.claim(con, annotator="bench-claims", limit=5, mode=mode, stale_ok=True)
         out["claim"].append(time.perf_counter() - t0)
         review.record_verdict(con, query_id=held[0]["query_id"], doc_id=held[0]["doc_id"], verdict="unsure",
                               annotator="bench-claims", band=held[0]["band"], queue_mode=held[0]["mode"],
