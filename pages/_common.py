@@ -292,12 +292,19 @@ def sign_out() -> None:
         st.logout()
 
 
+#: The address of every page of app.py (its file name), answered with the sign-in form before sign-in.
+PAGE_PATHS = ("review", "histograms", "load", "export", "team")
+
+
 def gate():
     """app.py's door: the signed-in user, or (after drawing only the sign-in page, whatever the URL) a stop."""
     user = authenticate_session()
     if user is None:
         st.session_state.pop("_viewer", None)
-        st.navigation([st.Page(sign_in_form, title="Sign in", url_path="signin", default=True)],
+        # Every page's address answers with the form too (Streamlit would say "Page not found" first), and the
+        # visitor stays on the address asked for, which then opens after sign-in.
+        st.navigation([st.Page(sign_in_form, title="Sign in", url_path="signin", default=True)]
+                      + [st.Page(sign_in_form, title="Sign in", url_path=path) for path in PAGE_PATHS],
                       position="hidden").run()
         st.stop()
     if not accounts_enabled():

@@ -189,6 +189,8 @@ def test_anonymous_visitors_see_only_the_sign_in_form_and_roles_see_their_pages(
             page.goto(f"{url}/{path}")
             page.get_by_label("Password", exact=True).wait_for()
             assert page.get_by_role("button", name="Sign in").is_visible(), name
+            page.wait_for_timeout(300)  # Streamlit's "Page not found" dialog comes up after the page
+            assert page.get_by_text("Page not found").count() == 0, name
             assert page.get_by_test_id("stSidebarNav").count() == 0  # no navigation, no page names
             assert page.locator(ITEM).count() == 0 and page.locator(".js-plotly-plot").count() == 0
             assert page.get_by_text("What the bands mean").count() == 0 and page.locator("input[type=file]").count() == 0
