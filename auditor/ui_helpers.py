@@ -218,42 +218,6 @@ def annotator_verdicts(con: duckdb.DuckDBPyConnection, annotator: str) -> int:
     return int(con.execute("SELECT count(*) FROM current_verdicts WHERE annotator = ?", [annotator]).fetchone()[0])
 
 
-def band_definitions(cfg: BandConfig) -> dict[str, str]:
-    """What each band means with these thresholds, in plain words (shown on the Histograms page)."""
-    rules = []
-    if cfg.relative_margin is not None:
-        rules.append(f"it scores at least {100 * (1 - cfg.relative_margin):.1f}% of the labeled positive's score")
-    if cfg.absolute_margin is not None:
-        rules.append(f"it scores within {cfg.absolute_margin:.3f} of the labeled positive")
-    rules.append("it scores at or above the labeled positive")
-    if cfg.absolute_cap is not None:
-        rules.append(f"its similarity to the query is {cfg.absolute_cap:.2f} or more")
-    if cfg.near_duplicate is not None:
-        rules.append(f"it is nearly a copy of a labeled positive (similarity {cfg.near_duplicate:.2f} or more)")
-    if cfg.top_rank is not None:
-        rules.append(f"the model ranks it in its top {cfg.top_rank} for the query")
-    if cfg.consensus_rank is not None:
-        rules.append(f"the retrievers together rank it in the query's top {cfg.consensus_rank}")
-    if cfg.use_cross_encoder:
-        rules.append("a cross-encoder (where one was run) scores it at or above the positive")
-    anchor = ""
-    if cfg.anchor_max_outscored is not None:
-        anchor = (f" The comparisons with the positive count only for queries whose positive is beaten by at most "
-                  f"{cfg.anchor_max_outscored} candidates (a weak positive is no yardstick).")
-    window = math.sqrt(-math.log(cfg.ambiguous_min_weight) / cfg.simans_a) if 0 < cfg.ambiguous_min_weight < 1 \
-        else 0.0
-    lo, hi = cfg.simans_b - window, cfg.simans_b + window
-    easy = f" or ranked beyond {cfg.easy_rank}" if cfg.easy_rank is not None else ""
-    return {
-        "suspicious": "Likely a false negative (relevant but labeled negative) when any of these holds: "
-                      + "; ".join(rules) + "." + anchor,
-        "ambiguous": f"Not suspicious, and its score minus the positive's (delta) lies between {lo:+.2f} and "
-                     f"{hi:+.2f} (SimANS weight {cfg.ambiguous_min_weight:.2f} or more): hard but probably not "
-                     "relevant — the negatives training learns most from.",
-        "too_easy": f"Everything else: far below the positive{easy}. Little for the model to learn.",
-    }
-
-
 # --------------------------------------------------------------------------------------------------------------
 # the review screen: passages with the query's words marked, positives that matter
 

@@ -16,7 +16,7 @@ from auditor import bands
 from auditor.config import DEFAULT_BAND_CONFIG, BandConfig
 from auditor.store import StoreError
 from auditor.ui_helpers import (
-    band_counts_by_source, band_definitions, percentile_range, plotly_text, rule_label, scored_models, scores_version,
+    band_counts_by_source, percentile_range, plotly_text, rule_label, scored_models, scores_version,
 )
 from pages import _charts
 from pages import _common as ui
@@ -247,7 +247,7 @@ with results:
 
     with st.container(border=True):
         st.markdown("**What the bands mean with these thresholds**")
-        for bd, text in band_definitions(cfg).items():
+        for bd, text in bands.band_definitions(cfg).items():
             st.markdown(f"{ui.band_badge(bd)} {ui.md(text)}")
 
     # Only the open tab runs (on_change="rerun"): the first view computes one tab, not eight.
