@@ -25,7 +25,8 @@ behind a weaker label):
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import duckdb
 
@@ -88,29 +89,52 @@ def validate(cfg: BandConfig) -> BandConfig:
     return cfg
 
 
+@dataclass(frozen=True)
+class _SuspicionRule:
+    """One suspicious rule, in SQL and in plain words (the Histograms page shows the words): one spec for both."""
+
+    name: str
+    active: Callable[[BandConfig], bool]
+    #: condition over a ``scored`` row; ``a`` is the anchor guard ("" or "n_outscoring <= k AND "), ``p`` the s_pos column
+    sql: Callable[[BandConfig, str, str], str]
+    words: Callable[[BandConfig], str]
+
+
+#: The suspicious rules in priority order (the module docstring's 1-8); names are SUSPICIOUS_RULES.
+SUSPICION_RULES = (
+    _SuspicionRule("inversion", lambda c: True, lambda c, a, p: f"{a}s_neg >= {p}",
+                   lambda c: "it scores at or above the labeled positive"),
+    _SuspicionRule("near_duplicate", lambda c: c.near_duplicate is not None,
+                   lambda c, a, p: f"sim_to_pos >= {_num(c.near_duplicate)}",
+                   lambda c: f"it is nearly a copy of a labeled positive (similarity {c.near_duplicate:.2f} or more)"),
+    _SuspicionRule("cross_encoder", lambda c: bool(c.use_cross_encoder),
+                   lambda c, a, p: "ce_neg IS NOT NULL AND ce_pos IS NOT NULL AND ce_neg >= ce_pos",
+                   lambda c: "a cross-encoder (where one was run) scores it at or above the positive"),
+    _SuspicionRule("relative_margin", lambda c: c.relative_margin is not None,
+                   lambda c, a, p: f"{a}s_neg > {p} - abs({p}) * {_num(c.relative_margin)}",
+                   lambda c: f"it scores at least {100 * (1 - c.relative_margin):.1f}% of the labeled positive's score"),
+    _SuspicionRule("absolute_margin", lambda c: c.absolute_margin is not None,
+                   lambda c, a, p: f"{a}s_neg >= {p} - {_num(c.absolute_margin)}",
+                   lambda c: f"it scores within {c.absolute_margin:.3f} of the labeled positive"),
+    _SuspicionRule("absolute_cap", lambda c: c.absolute_cap is not None,
+                   lambda c, a, p: f"s_neg >= {_num(c.absolute_cap)}",
+                   lambda c: f"its similarity to the query is {c.absolute_cap:.2f} or more"),
+    _SuspicionRule("top_rank", lambda c: c.top_rank is not None, lambda c, a, p: f"rank <= {int(c.top_rank)}",
+                   lambda c: f"the model ranks it in its top {c.top_rank} for the query"),
+    _SuspicionRule("consensus", lambda c: c.consensus_rank is not None,
+                   lambda c, a, p: f"fused_rank <= {int(c.consensus_rank)}",
+                   lambda c: f"the retrievers together rank it in the query's top {c.consensus_rank}"),
+)
+assert tuple(r.name for r in SUSPICION_RULES) == SUSPICIOUS_RULES
+
+
 def band_sql(cfg: BandConfig) -> tuple[str, str, str]:
     """(rule, band, weight) SQL expressions over a row of ``scored`` for this config."""
     validate(cfg)
     s_pos = f"s_pos_{cfg.anchor}"
     weight = f"exp(-{_num(cfg.simans_a)} * pow((s_neg - {s_pos}) - {_num(cfg.simans_b)}, 2))"
     anchored = "" if cfg.anchor_max_outscored is None else f"n_outscoring <= {int(cfg.anchor_max_outscored)} AND "
-    whens = [f"WHEN {anchored}s_neg >= {s_pos} THEN 'inversion'"]
-    if cfg.near_duplicate is not None:
-        whens.append(f"WHEN sim_to_pos >= {_num(cfg.near_duplicate)} THEN 'near_duplicate'")
-    if cfg.use_cross_encoder:
-        whens.append("WHEN ce_neg IS NOT NULL AND ce_pos IS NOT NULL AND ce_neg >= ce_pos THEN 'cross_encoder'")
-    if cfg.relative_margin is not None:
-        whens.append(
-            f"WHEN {anchored}s_neg > {s_pos} - abs({s_pos}) * {_num(cfg.relative_margin)} THEN 'relative_margin'"
-        )
-    if cfg.absolute_margin is not None:
-        whens.append(f"WHEN {anchored}s_neg >= {s_pos} - {_num(cfg.absolute_margin)} THEN 'absolute_margin'")
-    if cfg.absolute_cap is not None:
-        whens.append(f"WHEN s_neg >= {_num(cfg.absolute_cap)} THEN 'absolute_cap'")
-    if cfg.top_rank is not None:
-        whens.append(f"WHEN rank <= {int(cfg.top_rank)} THEN 'top_rank'")
-    if cfg.consensus_rank is not None:
-        whens.append(f"WHEN fused_rank <= {int(cfg.consensus_rank)} THEN 'consensus'")
+    whens = [f"WHEN {r.sql(cfg, anchored, s_pos)} THEN '{r.name}'" for r in SUSPICION_RULES if r.active(cfg)]
     if cfg.easy_rank is not None:
         whens.append(f"WHEN rank IS NULL OR rank > {int(cfg.easy_rank)} THEN 'easy_rank'")
     whens.append(f"WHEN {weight} >= {_num(cfg.ambiguous_min_weight)} THEN 'simans'")
@@ -118,6 +142,27 @@ def band_sql(cfg: BandConfig) -> tuple[str, str, str]:
     suspicious = ", ".join(f"'{r}'" for r in SUSPICIOUS_RULES)
     band = f"CASE WHEN rule IN ({suspicious}) THEN 'suspicious' WHEN rule = 'simans' THEN 'ambiguous' ELSE 'too_easy' END"
     return rule, band, weight
+
+
+def band_definitions(cfg: BandConfig) -> dict[str, str]:
+    """What each band means with these thresholds, in plain words (the Histograms page), from the rules above."""
+    rules = [r.words(cfg) for r in SUSPICION_RULES if r.active(cfg)]
+    anchor = ""
+    if cfg.anchor_max_outscored is not None:
+        anchor = (f" The comparisons with the positive count only for queries whose positive is beaten by at most "
+                  f"{cfg.anchor_max_outscored} candidates (a weak positive is no yardstick).")
+    window = math.sqrt(-math.log(cfg.ambiguous_min_weight) / cfg.simans_a) if 0 < cfg.ambiguous_min_weight < 1 \
+        else 0.0
+    lo, hi = cfg.simans_b - window, cfg.simans_b + window
+    easy = f" or ranked beyond {cfg.easy_rank}" if cfg.easy_rank is not None else ""
+    return {
+        "suspicious": "Likely a false negative (relevant but labeled negative) when any of these holds: "
+                      + "; ".join(rules) + "." + anchor,
+        "ambiguous": f"Not suspicious, and its score minus the positive's (delta) lies between {lo:+.2f} and "
+                     f"{hi:+.2f} (SimANS weight {cfg.ambiguous_min_weight:.2f} or more): hard but probably not "
+                     "relevant — the negatives training learns most from.",
+        "too_easy": f"Everything else: far below the positive{easy}. Little for the model to learn.",
+    }
 
 
 #: preview_bands' sample is the queries whose hash(query_id) modulo this falls under a cut-off.

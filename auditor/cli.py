@@ -16,7 +16,7 @@ from auditor import __version__
 from auditor.store import StoreError
 
 #: Modules under auditor.commands, each with `register(subparsers)`; order is the order in `--help`.
-COMMAND_MODULES = ["ingest", "scoring", "review", "export", "app"]
+COMMAND_MODULES = ["ingest", "scoring", "review", "export", "app", "users"]
 
 
 class UserError(Exception):

@@ -25,10 +25,15 @@ Queue orders
     (see :mod:`auditor.stats`). Filters (band, source, query) make ``N_b`` the size of the filtered band; a walk
     filtered by source or query is recorded as ``stratified_filtered`` and is not used as a sample of the band.
 
-Exclusion: an item leaves an annotator's queue once that annotator has a current verdict on it, and leaves every queue
-once it has enough annotators (in stratified mode, counting only verdicts given in a stratified walk): 1, or 2 for
-the deterministic share ``ReviewConfig.double_annotation`` of items routed to double annotation (by an md5 hash of the
-ids, so every process agrees) for Cohen's kappa.
+Exclusion: an item leaves an annotator's queue once that annotator has a current verdict on it (or skipped it), and
+leaves every other queue once enough annotators judged or hold it (in stratified mode, counting only verdicts given
+in a stratified walk; leases in every mode): 1, or 2 for the deterministic share ``ReviewConfig.double_annotation`` of
+items routed to double annotation (by an md5 hash of the ids, so every process agrees) for Cohen's kappa.
+
+Leases: :func:`claim` holds the next items for one annotator for ``LEASE_SECONDS`` (renewed by each claim, verdict
+and page view), so two annotators working at once never get the same item unless it is routed to double annotation.
+Asking again returns the items already held. The app and ``auditor queue --claim`` use the same leases, stored in
+the ``leases`` table; skipped items live in ``skips``.
 
 Speed: joining bands, scores and risk over a million rows costs about a second, too slow to repeat per item. The
 joined items of one (store, config, model, seed) — and for ``export`` the selected items of one set of settings — are
@@ -39,8 +44,10 @@ with verdict events newer than the snapshot are selected again, from the store.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +59,7 @@ import pyarrow as pa
 
 from auditor.config import DEFAULT_BAND_CONFIG, ReviewConfig
 from auditor.select import Selection, current_selection
-from auditor.store import StoreError
+from auditor.store import StoreError, transaction
 
 MODES = ("export", "risk", "stratified")
 #: What a verdict may record as its queue: a stratified walk narrowed by source or query is not a band sample.
@@ -165,7 +172,7 @@ class _MemTables:
 
     def get(
         self, con: duckdb.DuckDBPyConnection, key: tuple, fingerprint: tuple,
-        build: Callable[[duckdb.DuckDBPyConnection], tuple[pa.Table, int]],
+        build: Callable[[duckdb.DuckDBPyConnection], tuple[pa.Table, int]], stale_ok: bool = False,
     ) -> _Entry:
         """The entry for ``key``; ``build(con)`` returns (rows, verdict event id they reflect).
 
@@ -173,13 +180,14 @@ class _MemTables:
         built before answering. A changed soft part only (the risk model refitted after a few verdicts, every few
         seconds while people review) serves the old entry at once and builds the new one on a cursor of its own in a
         background thread (stale while revalidating): an annotator never waits for a million-row rebuild, and the
-        next request finds it ready.
+        next request finds it ready. Only where ``stale_ok``: the rebuild runs on a cursor of ``con``, so ``con`` must
+        outlive it (the app's shared store does; a command that closes its connection when done must not ask).
         """
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None and hit.fingerprint == fingerprint:
                 return hit
-            if hit is not None and hit.fingerprint[0] == fingerprint[0]:
+            if stale_ok and hit is not None and hit.fingerprint[0] == fingerprint[0]:
                 if key not in self._rebuilding:
                     self._rebuilding.add(key)
                     threading.Thread(target=self._rebuild, args=(con.cursor(), key, fingerprint, build),
@@ -268,7 +276,7 @@ def _items_sql(only: str = "") -> str:
     """
 
 
-def _items_table(con: duckdb.DuckDBPyConnection, config: str, model: str, seed: int) -> str:
+def _items_table(con: duckdb.DuckDBPyConnection, config: str, model: str, seed: int, stale_ok: bool = False) -> str:
     """Name of the in-memory table holding every banded item of (config, model), with per-band random positions."""
 
     def build(con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, int]:
@@ -284,10 +292,12 @@ def _items_table(con: duckdb.DuckDBPyConnection, config: str, model: str, seed: 
         return rows, 0
 
     key = ("items", _store_key(con), config, model, int(seed))
-    return _TABLES.get(con, key, _fingerprint(con, config, model), build).table
+    return _TABLES.get(con, key, _fingerprint(con, config, model), build, stale_ok).table
 
 
-def _export_table(con: duckdb.DuckDBPyConnection, selection: Selection, model: str) -> str:
+def _export_table(
+    con: duckdb.DuckDBPyConnection, selection: Selection, model: str, stale_ok: bool = False
+) -> str:
     """Name of the in-memory table holding what ``selection`` exports now, patched for newer verdicts."""
     only = "AND query_id IN (SELECT query_id FROM _dirty_queries)"
 
@@ -314,7 +324,7 @@ def _export_table(con: duckdb.DuckDBPyConnection, selection: Selection, model: s
 
     key = ("export", _store_key(con), selection.to_json(), model)
     hard, soft = _fingerprint(con, selection.config, model)
-    entry = _TABLES.get(con, key, ((*hard, selection.to_json()), soft), build)
+    entry = _TABLES.get(con, key, ((*hard, selection.to_json()), soft), build, stale_ok)
     if _last_event(con) > entry.event_id:
         with entry.lock:  # one patcher per snapshot; the others wait and find it patched
             newest = _last_event(con)
@@ -349,28 +359,38 @@ def _export_table(con: duckdb.DuckDBPyConnection, selection: Selection, model: s
 
 def _done_items(
     con: duckdb.DuckDBPyConnection, annotator: str | None, double_annotation: float, skip: Iterable[tuple[str, str]],
-    mode: str = "risk",
+    mode: str = "risk", now: float | None = None,
 ) -> pd.DataFrame:
-    """(query_id, doc_id) of items that leave this queue: judged by this annotator, or by enough annotators.
+    """(query_id, doc_id) of items that leave this queue: judged or skipped by this annotator, or taken by enough
+    others — other annotators' current verdicts and live leases together reach the number of annotators the item
+    needs (1, or 2 when routed to double annotation).
 
     In stratified mode only verdicts given in a stratified queue count: an item judged earlier in risk order stays in
     the random walk (and is shown again), or the random sample would silently lack the riskiest items and every
-    band's false-negative rate would come out too low.
+    band's false-negative rate would come out too low. Leases count in every mode. The leases and skips tables are
+    small (items held right now, items set aside), so this stays one cheap query per call.
     """
-    params: list[Any] = []
+    params: dict[str, Any] = {"now": time.time() if now is None else float(now)}
     scope = "WHERE v.queue_mode LIKE 'stratified%'" if mode == "stratified" else ""
-    mine = "false"
+    mine, others, skipped = "false", "true", ""
     if annotator is not None:
-        mine = "bool_or(v.annotator = ?)"
-        params.append(annotator)
+        params["me"] = annotator
+        mine, others = "bool_or(v.judged AND v.annotator = $me)", "v.annotator <> $me"
+        skipped = "UNION ALL SELECT query_id, doc_id, annotator, true FROM skips WHERE annotator = $me"
     need = "1"
     if double_annotation > 0:
-        need = f"CASE WHEN {DOUBLE_HASH_SQL} < ? THEN 2 ELSE 1 END"
-        params.append(double_annotation)
+        need = f"CASE WHEN {DOUBLE_HASH_SQL} < $share THEN 2 ELSE 1 END"
+        params["share"] = double_annotation
     done = con.execute(
         f"""
-        SELECT v.query_id, v.doc_id FROM current_verdicts v {scope} GROUP BY v.query_id, v.doc_id
-        HAVING {mine} OR count(DISTINCT v.annotator) >= {need}
+        WITH involved AS (
+            SELECT v.query_id, v.doc_id, v.annotator, true AS judged FROM current_verdicts v {scope}
+            UNION ALL
+            SELECT query_id, doc_id, annotator, false FROM leases WHERE expires_at > $now
+            {skipped}
+        )
+        SELECT v.query_id, v.doc_id FROM involved v GROUP BY v.query_id, v.doc_id
+        HAVING {mine} OR count(DISTINCT v.annotator) FILTER (WHERE {others}) >= {need}
         """,
         params,
     ).df()
@@ -472,17 +492,19 @@ def _run(
     annotator: str | None,
     double_annotation: float,
     skip: Iterable[tuple[str, str]],
+    now: float | None = None,
+    stale_ok: bool = False,
     **kw: Any,
 ) -> pd.DataFrame:
     if mode not in MODES:
         raise ValueError(f"unknown queue mode {mode!r}: use one of {', '.join(MODES)}")
-    done = _done_items(con, annotator, double_annotation, skip, mode)
+    done = _done_items(con, annotator, double_annotation, skip, mode, now)
     mem = _TABLES.cursor()
     for attempt in (1, 2):
         if mode == "export":
-            items = _export_table(con, selection or current_selection(con), model)
+            items = _export_table(con, selection or current_selection(con), model, stale_ok)
         else:
-            items = _items_table(con, config, model, seed)
+            items = _items_table(con, config, model, seed, stale_ok)
         sql, params = _queue_sql(mode=mode, items=items, n_done=len(done), **kw)
         mem.register("_done", done)
         try:
@@ -522,6 +544,7 @@ def build_queue(
     double_annotation: float | None = None,
     skip: Iterable[tuple[str, str]] = (),
     selection: Selection | None = None,
+    stale_ok: bool = False,
 ) -> pd.DataFrame:
     """The review queue in order (see the module docstring for the orders and the exclusion rules).
 
@@ -534,7 +557,7 @@ def build_queue(
     df = _run(
         con, mode=mode, config=config, model=model, seed=seed, selection=selection, bands=bands, source=source,
         query_id=query_id, annotator=annotator, skip=skip, double_annotation=double_share(double_annotation),
-        limit=limit,
+        limit=limit, stale_ok=stale_ok,
     )
     if len(df):
         df["sources"] = df["sources"].map(lambda s: [str(x) for x in s] if s is not None else [])
@@ -555,6 +578,7 @@ def next_item(
     seed: int = 42,
     double_annotation: float | None = None,
     selection: Selection | None = None,
+    stale_ok: bool = False,
 ) -> dict[str, Any] | None:
     """The next item for ``annotator`` (one query with LIMIT 1), or None when the queue is empty.
 
@@ -565,16 +589,22 @@ def next_item(
     df = _run(
         con, mode=mode, config=config, model=model, seed=seed, selection=selection, bands=bands, source=source,
         query_id=query_id, annotator=annotator, skip=skip, double_annotation=double_share(double_annotation), limit=1,
+        stale_ok=stale_ok,
     )
     if df.empty:
         return None
-    item = {k: _py(v) for k, v in df.iloc[0].items()}
+    return _item_dict(df.iloc[0], mode, model, config, filtered=bool(source or query_id))
+
+
+def _item_dict(row: pd.Series, mode: str, model: str, config: str, filtered: bool) -> dict[str, Any]:
+    """A queue row as plain Python values, with the queue mode its verdict records, the model and the config."""
+    item = {k: _py(v) for k, v in row.items()}
     if item["rank"] is not None:
         item["rank"] = int(item["rank"])
     item["sources"] = list(item.get("sources") or [])
     # A stratified walk narrowed to one source or query samples that subset, not the band: its verdicts must not be
     # extrapolated to the whole band (auditor.stats counts only queue_mode 'stratified' as a band sample).
-    item["mode"] = "stratified_filtered" if mode == "stratified" and (source or query_id) else mode
+    item["mode"] = "stratified_filtered" if mode == "stratified" and filtered else mode
     item["model"] = model
     item["config"] = config
     return item
@@ -595,3 +625,211 @@ def risk_of(band: str, delta: float) -> float:
     """Python twin of the SQL ``risk`` column where no P(false negative) exists (for display and tests)."""
     level = {"suspicious": 0, "ambiguous": 1}.get(band, 2)
     return (2 - level) / 3.0 + (0.5 + math.atan(delta) / math.pi) / 3.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# leases: which annotator holds which items right now
+# --------------------------------------------------------------------------------------------------------------
+
+#: How long claimed items stay held; every claim or verdict of the annotator renews all of its leases.
+LEASE_SECONDS = 600
+
+#: Claims read the leases, pick items and write leases; one process writes a store (DuckDB's rule), so a
+#: process-wide lock around the transaction makes a claim atomic against every other claim.
+_LEASE_LOCK = threading.Lock()
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else float(now)
+
+
+def held_items(con: duckdb.DuckDBPyConnection, annotator: str, now: float | None = None) -> list[dict[str, Any]]:
+    """The items ``annotator`` holds now (live leases), in the order they were claimed."""
+    rows = con.execute(
+        "SELECT item FROM leases WHERE annotator = ? AND expires_at > ? ORDER BY seq", [annotator, _now(now)]
+    ).fetchall()
+    return [json.loads(r[0]) for r in rows]
+
+
+def _expire(con: duckdb.DuckDBPyConnection, annotator: str, now: float) -> None:
+    """Drop expired leases, and ``annotator``'s leases on items it judged since claiming them or skipped.
+
+    Judging or skipping does not end a lease at once (no lock on the annotator's key press): a judged item leaves
+    every queue that its verdicts fill anyway, and the lease goes at the annotator's next claim.
+    """
+    con.execute("DELETE FROM leases WHERE expires_at <= ?", [now])
+    con.execute(
+        """
+        DELETE FROM leases WHERE annotator = $a AND (EXISTS (
+            SELECT 1 FROM verdicts v WHERE v.annotator = $a AND v.query_id = leases.query_id
+              AND v.doc_id = leases.doc_id AND v.verdict <> 'undo' AND v.event_id > leases.event_floor)
+          OR EXISTS (SELECT 1 FROM skips k WHERE k.annotator = $a AND k.query_id = leases.query_id
+                     AND k.doc_id = leases.doc_id))
+        """,
+        {"a": annotator},
+    )
+
+
+def _insert_leases(
+    con: duckdb.DuckDBPyConnection, annotator: str, items: list[dict[str, Any]], now: float, ttl: float,
+    front: bool = False,
+) -> None:
+    if not items:
+        return
+    lo, hi = con.execute(
+        "SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM leases WHERE annotator = ?", [annotator]
+    ).fetchall()[0]
+    floor = _last_event(con)
+    start = lo - len(items) if front else hi + 1
+    con.executemany(
+        "INSERT INTO leases (query_id, doc_id, annotator, claimed_at, expires_at, seq, event_floor, item) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [[it["query_id"], it["doc_id"], annotator, now, now + ttl, start + i, floor, json.dumps(it, default=str)]
+         for i, it in enumerate(items)],
+    )
+
+
+def claim(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    annotator: str,
+    limit: int,
+    ttl: float = LEASE_SECONDS,
+    now: float | None = None,
+    mode: str = ReviewConfig.mode,
+    model: str | None = None,
+    config: str = DEFAULT_BAND_CONFIG,
+    bands: Sequence[str] | None = None,
+    source: str | None = None,
+    query_id: str | None = None,
+    skip: Iterable[tuple[str, str]] = (),
+    seed: int = 42,
+    double_annotation: float | None = None,
+    selection: Selection | None = None,
+    stale_ok: bool = False,
+) -> list[dict[str, Any]]:
+    """Hold up to ``limit`` review items for ``annotator`` for ``ttl`` seconds, and return them in order.
+
+    Items the annotator already holds come first (asking again returns them, and renews their leases); the rest are
+    new leases on the next items of the queue (``build_queue`` with the same arguments), which by then leaves out
+    every item held by another annotator — unless the item is routed to double annotation and only one other holds
+    or judged it. Atomic: two claims at once never hold the same item. Each item is a dict like
+    :func:`next_item`'s. ``stale_ok``: right after a refit of the risk model, order by the previous fit while the
+    new order is built in the background (for a long-lived connection such as the app's; see ``_MemTables.get``).
+    """
+    if not isinstance(annotator, str) or not annotator.strip():
+        raise ValueError("a claim needs the annotator's name")
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    now = _now(now)
+    with _LEASE_LOCK:
+        settle(con)
+        with transaction(con):
+            _expire(con, annotator, now)
+            con.execute("UPDATE leases SET expires_at = ? WHERE annotator = ?", [now + ttl, annotator])
+            held = held_items(con, annotator, now)
+            new: list[dict[str, Any]] = []
+            if len(held) < limit:
+                model, config, selection = _prepare(con, mode, model, config, selection)
+                held_ids = [(h["query_id"], h["doc_id"]) for h in held]
+                df = _run(
+                    con, mode=mode, config=config, model=model, seed=seed, selection=selection, bands=bands,
+                    source=source, query_id=query_id, annotator=annotator, skip=[*skip, *held_ids], now=now,
+                    double_annotation=double_share(double_annotation), limit=limit - len(held), stale_ok=stale_ok,
+                )
+                new = [_item_dict(row, mode, model, config, filtered=bool(source or query_id))
+                       for _, row in df.iterrows()]
+                _insert_leases(con, annotator, new, now, ttl)
+    return (held + new)[:limit]
+
+
+def hold(
+    con: duckdb.DuckDBPyConnection, annotator: str, item: dict[str, Any], *, ttl: float = LEASE_SECONDS,
+    now: float | None = None, double_annotation: float | None = None,
+) -> bool:
+    """Put one given item at the front of ``annotator``'s held items (an undone verdict comes back to its author).
+
+    False, and nothing held, when the item is not the annotator's to take: others judged or hold it as many times
+    as it needs annotators (the queue's own exclusion rule).
+    """
+    now = _now(now)
+    key = (item["query_id"], item["doc_id"])
+    with _LEASE_LOCK:
+        settle(con)
+        with transaction(con):
+            done = _done_items(con, annotator, double_share(double_annotation), (), "risk", now)
+            if key in set(zip(done["query_id"], done["doc_id"])):
+                return False
+            con.execute("DELETE FROM leases WHERE annotator = ? AND query_id = ? AND doc_id = ?", [annotator, *key])
+            _insert_leases(con, annotator, [item], now, ttl, front=True)
+    return True
+
+
+def release(
+    con: duckdb.DuckDBPyConnection, annotator: str, items: Iterable[tuple[str, str]] | None = None
+) -> int:
+    """End ``annotator``'s leases on ``items`` (all of them when None); returns how many ended."""
+    with _LEASE_LOCK:
+        settle(con)
+        if items is None:
+            return int(con.execute("DELETE FROM leases WHERE annotator = ? RETURNING 1", [annotator]).df().shape[0])
+        n = 0
+        for q, d in items:
+            n += len(con.execute("DELETE FROM leases WHERE annotator = ? AND query_id = ? AND doc_id = ? RETURNING 1",
+                                 [annotator, q, d]).fetchall())
+        return n
+
+
+def renew(
+    con: duckdb.DuckDBPyConnection, annotator: str, *, ttl: float = LEASE_SECONDS, now: float | None = None
+) -> int:
+    """Extend ``annotator``'s live leases by ``ttl`` from now (the annotator is still working); returns how many."""
+    now = _now(now)
+    with _LEASE_LOCK:
+        settle(con)
+        return len(con.execute("UPDATE leases SET expires_at = ? WHERE annotator = ? AND expires_at > ? RETURNING 1",
+                               [now + ttl, annotator, now]).fetchall())
+
+
+def other_holders(
+    con: duckdb.DuckDBPyConnection, annotator: str, query_id: str, doc_id: str, now: float | None = None
+) -> list[str]:
+    """Annotators other than ``annotator`` who hold the item now."""
+    return [r[0] for r in con.execute(
+        "SELECT annotator FROM leases WHERE query_id = ? AND doc_id = ? AND expires_at > ? AND annotator <> ? "
+        "ORDER BY annotator", [query_id, doc_id, _now(now), annotator]).fetchall()]
+
+
+def leases_overview(con: duckdb.DuckDBPyConnection, now: float | None = None) -> list[dict[str, Any]]:
+    """Per annotator: items held now and when the first of those leases runs out (for the lead's Team page)."""
+    now = _now(now)
+    return [
+        {"annotator": a, "held": int(n), "expires_in_s": int(e - now)}
+        for a, n, e in con.execute(
+            "SELECT annotator, count(*), min(expires_at) FROM leases WHERE expires_at > ? GROUP BY annotator "
+            "ORDER BY annotator", [now]).fetchall()
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# skips: items an annotator set aside (kept out of that annotator's queue until brought back)
+# --------------------------------------------------------------------------------------------------------------
+
+def add_skip(con: duckdb.DuckDBPyConnection, annotator: str, query_id: str, doc_id: str) -> None:
+    """Set an item aside for ``annotator``; its lease ends at the annotator's next claim (then others may take it)."""
+    if not con.execute("SELECT 1 FROM skips WHERE annotator = ? AND query_id = ? AND doc_id = ?",
+                       [annotator, query_id, doc_id]).fetchall():
+        con.execute("INSERT INTO skips (annotator, query_id, doc_id) VALUES (?, ?, ?)", [annotator, query_id, doc_id])
+
+
+def skipped(con: duckdb.DuckDBPyConnection, annotator: str) -> list[tuple[str, str]]:
+    return [tuple(r) for r in con.execute(
+        "SELECT query_id, doc_id FROM skips WHERE annotator = ? ORDER BY created_at", [annotator]).fetchall()]
+
+
+def clear_skips(con: duckdb.DuckDBPyConnection, annotator: str, items: Iterable[tuple[str, str]] | None = None) -> int:
+    """Bring skipped items back into ``annotator``'s queue (all of them when ``items`` is None)."""
+    if items is None:
+        return len(con.execute("DELETE FROM skips WHERE annotator = ? RETURNING 1", [annotator]).fetchall())
+    return sum(len(con.execute("DELETE FROM skips WHERE annotator = ? AND query_id = ? AND doc_id = ? RETURNING 1",
+                               [annotator, q, d]).fetchall()) for q, d in items)

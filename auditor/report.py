@@ -81,7 +81,9 @@ def _figures(stats: dict[str, Any]) -> list[tuple[str, Any]]:
     bands = stats.get("bands")
     if bands:
         per_source = bands.get("per_source") or {}
-        names = list(per_source) or ["all"]
+        from auditor.ui_helpers import plotly_text
+
+        names = [plotly_text(n) for n in per_source] or ["all"]  # source names are data: no Plotly links or markup
         data = []
         for band, colour in BAND_COLOURS.items():
             ys = [per_source[s].get(band, 0) for s in per_source] if per_source else [bands["counts"].get(band, 0)]

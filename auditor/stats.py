@@ -351,7 +351,8 @@ def _judged_at_k(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, Any]:
     }
 
 
-def _verdicts(con: duckdb.DuckDBPyConnection, config: str, model: str) -> dict[str, Any]:
+def _verdicts(con: duckdb.DuckDBPyConnection, config: str, model: str, double_annotation: float | None = None
+              ) -> dict[str, Any]:
     base = _one(
         con,
         """
@@ -457,28 +458,35 @@ def _verdicts(con: duckdb.DuckDBPyConnection, config: str, model: str) -> dict[s
             params,
         )
     ]
+    # Agreement only over items deliberately routed to two annotators (the queue's double-annotation rule): two
+    # verdicts on an item that was not routed are an accident (a lease that ran out), not a sample for kappa.
+    from auditor.queue import DOUBLE_HASH_SQL, double_share
+
+    share = double_share(double_annotation)
     pairs = [
         (a, b)
         for a, b in con.execute(
-            """
+            f"""
             WITH ranked AS (
                 SELECT query_id, doc_id, verdict,
                        row_number() OVER (PARTITION BY query_id, doc_id ORDER BY event_id) AS k,
                        count(*) OVER (PARTITION BY query_id, doc_id) AS m
-                FROM current_verdicts
+                FROM current_verdicts v WHERE {DOUBLE_HASH_SQL} < ?
             )
             SELECT a.verdict, b.verdict FROM ranked a JOIN ranked b USING (query_id, doc_id)
             WHERE a.k = 1 AND b.k = 2
             ORDER BY query_id, doc_id
-            """
+            """,
+            [share],
         ).fetchall()
     ]
     kappa = {
         "items": len(pairs),
         "kappa": cohen_kappa(pairs),
         "agreement": (sum(a == b for a, b in pairs) / len(pairs)) if pairs else None,
-        "note": "first two annotators of each item judged by two or more (verdict categories false_negative / "
-                "true_negative / unsure)",
+        "double_annotation": share,
+        "note": "first two annotators of each item routed to double annotation (the share above) and judged by two "
+                "(verdict categories false_negative / true_negative / unsure); other overlaps are not counted",
     }
     return {**base, "per_band": per_band, "estimated_total_false_negatives": estimate,
             "per_rank_bucket": buckets, "per_source": per_source, "only_in_one_source": only_source,
@@ -491,8 +499,11 @@ def compute_stats(
     model: str | None = None,
     config: str = DEFAULT_BAND_CONFIG,
     negatives: int = 5,
+    double_annotation: float | None = None,
 ) -> dict[str, Any]:
-    """All statistics of the store as a JSON-serialisable dict (see the module docstring)."""
+    """All statistics of the store as a JSON-serialisable dict (see the module docstring). ``double_annotation`` is
+    the share of items routed to two annotators (default: ReviewConfig, i.e. AUDITOR_DOUBLE_ANNOTATION): Cohen's
+    kappa is computed over those items only."""
     from auditor.review import resolve_model
 
     out: dict[str, Any] = {
@@ -516,7 +527,7 @@ def compute_stats(
     if has_bands:
         out["bands"] = _bands(con, config, model)
         out["short_queries"] = _short(con, negatives, config, model)
-        out["verdicts"] = _verdicts(con, config, model)
+        out["verdicts"] = _verdicts(con, config, model, double_annotation)
         if con.execute("SELECT 1 FROM risk WHERE model = ? LIMIT 1", [model]).fetchall():
             from dataclasses import replace
 

@@ -34,6 +34,20 @@ Added in schema version 2 (the lexical signal and the learned false-negative ris
 ``risk_fits``     one row per fit: verdicts it saw (``n_labels``, ``n_false_negative``, ``last_event_id``), the
                   blend weight given to the fitted model against the prior, and its parameters (JSON).
 
+Added in schema version 3 (the app for a team, see :mod:`auditor.accounts` and the leases in :mod:`auditor.queue`):
+
+``users``         accounts: ``name``, ``role`` (annotator | lead | admin), ``password_hash`` (scrypt, salted; NULL for
+                  accounts that sign in through OIDC only), ``email`` (what OIDC sign-in maps to the account).
+``sessions``      signed-in browsers: SHA-256 of the session token (the token itself lives only in the browser),
+                  the account, and start and expiry in Unix seconds.
+``leases``        review items held by an annotator until ``expires_at`` (Unix seconds): nobody else is given them,
+                  unless the item is routed to double annotation. ``seq`` orders one annotator's held items; ``item``
+                  is the queue row (JSON) as it was claimed, with the queue mode, band and sampling probability that
+                  the verdict will record; ``event_floor`` is the newest verdict event at the claim (a later verdict of the
+                  annotator on the item ends the lease).
+``skips``         items an annotator skipped, kept out of that annotator's queue until brought back.
+``meta``          + ``guidelines``: the review guidelines (Markdown) the lead sets.
+
 Views: ``scored`` adds delta and ratio (against ``s_pos_min``) to ``scores``; ``current_verdicts`` is each
 (query, candidate, annotator)'s latest verdict that was not undone.
 
@@ -52,7 +66,7 @@ import duckdb
 
 from auditor.config import STORE_MEMORY_LIMIT
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class StoreError(RuntimeError):
@@ -217,8 +231,43 @@ SELECT *, s_neg - s_pos_min AS delta,
 FROM scores;
 """
 
+_SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS users (
+    name           VARCHAR PRIMARY KEY,
+    role           VARCHAR NOT NULL CHECK (role IN ('annotator', 'lead', 'admin')),
+    password_hash  VARCHAR,
+    email          VARCHAR,
+    created_at     TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash    VARCHAR PRIMARY KEY,
+    name          VARCHAR NOT NULL,
+    created_at_s  DOUBLE NOT NULL,
+    expires_at    DOUBLE NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS leases (
+    query_id    VARCHAR NOT NULL,
+    doc_id      VARCHAR NOT NULL,
+    annotator   VARCHAR NOT NULL,
+    claimed_at  DOUBLE NOT NULL,
+    expires_at  DOUBLE NOT NULL,
+    seq         BIGINT NOT NULL,
+    event_floor BIGINT NOT NULL,
+    item        JSON NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS skips (
+    annotator   VARCHAR NOT NULL,
+    query_id    VARCHAR NOT NULL,
+    doc_id      VARCHAR NOT NULL,
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+"""
+
 #: Migrations: MIGRATIONS[v] upgrades a store at version v-1 to version v. Version 1 is the initial schema.
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 
 _LOCK_HINT = (
     "The store {path} is open in another process (the app or another auditor command). DuckDB lets one process "

@@ -6,7 +6,10 @@ when `auditor.bands` is present, else the default rules written in SQL) — no m
 * next review item in each queue mode (export, the default; risk; stratified): ``review.next_item`` +
   ``review.item_context`` for 100 consecutive items, recording a verdict after each one and refitting the risk model
   in the background every 5 verdicts (the work the Review page does per keypress), median and p95, with the two parts
-  apart; 300 verdicts and a fit come first, so the learned model is in place;
+  apart, while another annotator holds leases (so the lease check is part of every query); 300 verdicts and a fit
+  come first, so the learned model is in place;
+* a claim (``queue.claim``, what the app's worklist does in the background every few verdicts): held items plus new
+  leases, with the same verdicts in between;
 * the Review page and the Histograms page run headless with Streamlit's AppTest (a full script run, including
   Plotly figure building): first render, re-runs, and on the Review page a verdict click (record + next item).
 
@@ -152,14 +155,17 @@ def bench_next_item(path: Path, n_items: int, mode: str) -> dict[str, list[float
     from auditor.risk import BackgroundRefit
     from auditor.store import SharedStore
 
+    from auditor import queue
+
     store = SharedStore(path)
     con = store.cursor()
     refit = BackgroundRefit(store.cursor)
+    queue.claim(con, annotator="someone-else", limit=20, mode=mode)  # leases held by another annotator
     review.next_item(con, annotator="bench", mode=mode)  # the first call builds the queue's table: not timed
-    out: dict[str, list[float]] = {"next_item": [], "item_context": [], "total": []}
+    out: dict[str, list[float]] = {"next_item": [], "item_context": [], "total": [], "claim": []}
     for _ in range(n_items):
         t0 = time.perf_counter()
-        item = review.next_item(con, annotator="bench", mode=mode)
+        item = review.next_item(con, annotator="bench", mode=mode, stale_ok=True)  # as the app's worklist
         t1 = time.perf_counter()
         review.item_context(con, item["query_id"], item["doc_id"], model=item["model"])
         t2 = time.perf_counter()
@@ -170,7 +176,15 @@ def bench_next_item(path: Path, n_items: int, mode: str) -> dict[str, list[float
             con, query_id=item["query_id"], doc_id=item["doc_id"], verdict="true_negative", annotator="bench",
             band=item["band"], queue_mode=item["mode"], sampling_prob=item.get("sampling_prob"),
         )
+        t0 = time.perf_counter()
+        held = queue.claim(con, annotator="bench-claims", limit=5, mode=mode, stale_ok=True)
+        out["claim"].append(time.perf_counter() - t0)
+        review.record_verdict(con, query_id=held[0]["query_id"], doc_id=held[0]["doc_id"], verdict="unsure",
+                              annotator="bench-claims", band=held[0]["band"], queue_mode=held[0]["mode"],
+                              sampling_prob=held[0].get("sampling_prob"))
         refit.notify(MODEL)
+    queue.release(con, "bench-claims")
+    queue.release(con, "someone-else")
     while not refit._running.acquire(timeout=60):  # let a running fit finish before the store closes
         pass
     out["refits"] = [float(refit.fits)]
@@ -182,10 +196,11 @@ def bench_pages(path: Path, runs: int) -> dict[str, list[float]]:
     from streamlit.testing.v1 import AppTest
 
     os.environ["AUDITOR_DB"] = str(path)
+    os.environ["AUDITOR_USER"] = "bench-page"  # no accounts in the generated store: the local single user
     out: dict[str, list[float]] = {}
     for page in ("pages/review.py", "pages/histograms.py"):
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-        at.session_state["annotator"] = "bench-page"
+        at.session_state["queue_mode"] = "risk"
         at.run()
         at.switch_page("pages/load.py").run()  # warm: imports, store opened once per process
         t0 = time.perf_counter()
@@ -200,11 +215,12 @@ def bench_pages(path: Path, runs: int) -> dict[str, list[float]]:
             if at.exception:
                 raise RuntimeError(f"{page}: {at.exception[0].message}")
         out[page] = times
-        if page.endswith("review.py"):  # a verdict: the page records it, fetches and shows the next item
+        if page.endswith("review.py"):  # a verdict: the page records it and shows the next (prefetched) item
             times = []
             for _ in range(runs):
+                time.sleep(1.0)  # reading time: the worklist prefetches the next item meanwhile
                 t0 = time.perf_counter()
-                at.button(key="v_tn").click().run()
+                at.button(key=f"v_true_negative_{at.session_state['_worklist'].serial}").click().run()
                 times.append(time.perf_counter() - t0)
             out[page + " (verdict + next item)"] = times
     return out
@@ -231,7 +247,7 @@ def main() -> None:
         refits = int(parts.pop("refits")[0])
         for name, ts in parts.items():
             ms = [t * 1000 for t in ts]
-            target = "   (target p95 < 200 ms)" if name == "total" else ""
+            target = "   (target p95 < 200 ms)" if name in ("total", "claim") else ""
             print(f"{mode:<10} next review item, {name:<12} {len(ms)} items: median {statistics.median(ms):7.1f} ms, "
                   f"p95 {_pct(ms, 95):7.1f} ms{target}")
         print(f"{mode:<10} background refits of the risk model during the run: {refits}")

@@ -1,4 +1,4 @@
-"""Streamlit helpers shared by the pages: the store, the annotator's identity, band colours, safe text.
+"""Streamlit helpers shared by the pages: the store, who is signed in and what they may do, band colours, safe text.
 
 This is the one module of the app that knows about both Streamlit and the store. Pages stay thin: they lay out
 widgets and call the library (auditor.review, auditor.bands, auditor.export, ...).
@@ -6,10 +6,10 @@ widgets and call the library (auditor.review, auditor.bands, auditor.export, ...
 
 from __future__ import annotations
 
-import hmac
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -122,38 +122,322 @@ def oidc_configured() -> bool:
     return bool(_secret("auth"))
 
 
-def annotator() -> str:
-    """Who is reviewing: the OIDC user when [auth] is configured, else a name asked once per browser session.
+# ---- caches of small look-ups that change only when data is loaded, mined or banded ----------------------------
 
-    Stops the script (after drawing the sign-in form) until the annotator is known.
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _banded_pairs(db: str) -> list[tuple[str, str, int]]:
+    from auditor.ui_helpers import banded_pairs
+
+    return banded_pairs(cursor())
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _sources(db: str) -> list[str]:
+    from auditor.ui_helpers import candidate_sources
+
+    return candidate_sources(cursor())
+
+
+def banded_pairs() -> list[tuple[str, str, int]]:
+    """(band config, model, candidates) of every banded configuration (cached; see store_changed)."""
+    return _banded_pairs(str(db_path()))
+
+
+def candidate_sources() -> list[str]:
+    return _sources(str(db_path()))
+
+
+def store_changed() -> None:
+    """Data was loaded, mined or banded in this process: drop the cached look-ups."""
+    _banded_pairs.clear()
+    _sources.clear()
+
+
+# ---- who is using the app --------------------------------------------------------------------------------------
+
+COOKIE = "auditor_session"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _is_loopback(address: str | None) -> bool:
+    address = (address or "").strip().strip("[]")
+    return address in LOOPBACK or address.startswith("127.")
+
+
+def accounts_enabled() -> bool:
+    from auditor.accounts import has_accounts
+
+    return has_accounts(cursor())
+
+
+def _local_only_guard() -> None:
+    """Without accounts the app serves only this computer: refuse to run when bound elsewhere or reached remotely."""
+    address = st.get_option("server.address")
+    client = st.context.ip_address
+    if not _is_loopback(address) or (client is not None and not _is_loopback(client)):
+        st.title("This app has no accounts")
+        st.error(
+            "Without accounts, auditor is a local single-user tool and only answers on this computer "
+            f"(127.0.0.1); this server listens on {address or 'every interface'}. Add accounts first "
+            "(`auditor users add NAME --role admin --password-stdin --db FILE`), or start it with "
+            "`auditor app` (which binds 127.0.0.1)."
+        )
+        st.stop()
+
+
+def authenticate_session():
+    """The signed-in account of this browser session (auditor.accounts.User), or None. Never draws anything.
+
+    Without accounts: the local user (an admin). With accounts: the account of the session token this browser holds
+    (in the session, or in its cookie after a reload), or the OIDC user's e-mail mapped to an account. The token is
+    looked up in the store on every run, so a removed account or a changed role takes effect at once.
     """
-    if oidc_configured():
-        if not st.user.get("is_logged_in", False):
-            st.title("Sign in to review")
-            st.button("Sign in", type="primary", on_click=st.login)
-            st.stop()
-        return str(st.user.get("email") or st.user.get("name") or st.user.get("sub"))
-    name = st.session_state.get("annotator")
-    if name:
-        return name
-    password = _secret("auditor", "password")
+    from auditor import accounts
+
+    con = cursor()
+    if not accounts.has_accounts(con):
+        return accounts.local_user()
+    ss = st.session_state
+    token = ss.get("_token")
+    if token is None and not ss.get("_signed_out"):
+        token = st.context.cookies.get(COOKIE)
+        token = token if isinstance(token, str) else None
+    user = accounts.session_user(con, token) if token else None
+    if user is not None:
+        ss["_token"] = token
+        return user
+    ss.pop("_token", None)
+    if oidc_configured() and st.user.get("is_logged_in", False):
+        return accounts.user_by_email(con, st.user.get("email"))
+    return None
+
+
+def _cookie_script(token: str | None) -> str:
+    """JavaScript that stores the session token in a cookie (or deletes it): a reload then finds the session."""
+    secure = "; Secure" if str(st.context.url or "").startswith("https:") else ""
+    if token:
+        from auditor.accounts import SESSION_MAX_SECONDS
+
+        value, age = token, SESSION_MAX_SECONDS
+    else:
+        value, age = "", 0
+    return (f"<script>document.cookie = '{COOKIE}={value}; Path=/; Max-Age={age}; SameSite=Strict{secure}';"
+            "</script>")
+
+
+def sync_cookie() -> None:
+    """Write (or clear) the session cookie when it differs from what this browser session last wrote."""
+    ss = st.session_state
+    token = ss.get("_token")
+    if ss.get("_cookie") != token:
+        st.html(_cookie_script(token), unsafe_allow_javascript=True)
+        ss["_cookie"] = token
+
+
+def sign_in_form() -> None:
+    """The sign-in page: name and password, and the organisation's sign-in when OIDC is configured."""
+    from auditor import accounts
+
+    ss = st.session_state
+    if ss.get("_signed_out"):
+        sync_cookie()  # clear the cookie of the session that just ended
     _, mid, _ = st.columns([1, 2, 1])
     with mid:
-        st.title("Who is reviewing?")
-        st.caption("Your name is stored with every verdict you give, so the history shows who said what.")
-        with st.form("who"):
-            typed = st.text_input("Your name", key="annotator_input", placeholder="e.g. ada")
-            given = st.text_input("Team password", type="password", key="password_input") if password else None
-            ok = st.form_submit_button("Start reviewing", type="primary")
+        st.title("Sign in to auditor")
+        st.caption("This app has accounts: sign in with the name and password your admin gave you.")
+        if oidc_configured() and st.user.get("is_logged_in", False):
+            st.error("No account is registered for the e-mail address you signed in with. Ask an admin to add it "
+                     "(`auditor users add NAME --role annotator --email ADDRESS`).")
+            st.button("Sign out", on_click=st.logout, key="oidc_out")
+            return
+        with st.form("sign_in"):
+            name = st.text_input("Name", key="signin_name", autocomplete="username")
+            password = st.text_input("Password", type="password", key="signin_password",
+                                     autocomplete="current-password")
+            ok = st.form_submit_button("Sign in", type="primary")
         if ok:
-            if not typed.strip():
-                st.error("Enter a name: it is stored with each verdict.")
-            elif password and not hmac.compare_digest(str(given or ""), str(password)):
-                st.error("Wrong password.")
-            else:
-                st.session_state["annotator"] = typed.strip()
-                st.rerun()
-    st.stop()
+            con = cursor()
+            try:
+                user = accounts.authenticate(con, name, password)
+            except accounts.AccountError as exc:
+                st.error(str(exc))
+                return
+            if user is None:
+                st.error("Wrong name or password.")
+                return
+            ss["_token"] = accounts.new_session(con, user.name)
+            ss.pop("_signed_out", None)
+            st.rerun()
+        if oidc_configured():
+            st.button("Sign in with your organisation's account", on_click=st.login, key="oidc_in",
+                      icon=":material/login:")
+
+
+def sign_out() -> None:
+    """End this browser's session: its token, its held review items, its cookie (on the next run)."""
+    from auditor import accounts
+
+    ss = st.session_state
+    wl = ss.get("_worklist")
+    if wl is not None:
+        wl.release()
+    accounts.end_session(cursor(), ss.get("_token"))
+    keep = {"_cookie": ss.get("_cookie")}
+    for key in list(ss.keys()):
+        del ss[key]
+    ss.update(keep)
+    ss["_signed_out"] = True
+    if oidc_configured() and st.user.get("is_logged_in", False):
+        st.logout()
+
+
+#: The address of every page of app.py (its file name), answered with the sign-in form before sign-in.
+PAGE_PATHS = ("review", "histograms", "load", "export", "team")
+
+
+def gate():
+    """app.py's door: the signed-in user, or (after drawing only the sign-in page, whatever the URL) a stop."""
+    user = authenticate_session()
+    if user is None:
+        st.session_state.pop("_viewer", None)
+        # Every page's address answers with the form too (Streamlit would say "Page not found" first), and the
+        # visitor stays on the address asked for, which then opens after sign-in.
+        st.navigation([st.Page(sign_in_form, title="Sign in", url_path="signin", default=True)]
+                      + [st.Page(sign_in_form, title="Sign in", url_path=path) for path in PAGE_PATHS],
+                      position="hidden").run()
+        st.stop()
+    if not accounts_enabled():
+        _local_only_guard()
+    st.session_state["_viewer"] = user
+    return user
+
+
+def require(action: str):
+    """A page's first line: the signed-in user when allowed to ``action`` (auditor.accounts.PERMISSIONS); otherwise
+    the sign-in form, or a refusal, and the page stops. Works when a page script runs on its own, too."""
+    user = authenticate_session()
+    if user is None:
+        sign_in_form()
+        st.stop()
+    if not accounts_enabled():
+        _local_only_guard()
+    if not user.can(action):
+        st.error(f"Your role ({user.role}) cannot open this page.")
+        st.stop()
+    st.session_state["_viewer"] = user
+    return user
+
+
+#: Actions inside a fragment re-check the sign-in at most this often (a removed account stops within this time).
+RECHECK_S = 15.0
+
+
+def still_signed_in() -> bool:
+    """For actions inside a fragment (which skips app.py): is this session's account still valid?"""
+    ss = st.session_state
+    user = ss.get("_viewer")
+    if user is None:
+        return False
+    if time.monotonic() - ss.get("_checked", 0.0) < RECHECK_S:
+        return True
+    current = authenticate_session()
+    ok = current is not None and current.name == user.name
+    if ok:
+        ss["_checked"] = time.monotonic()
+    return ok
+
+
+def worklist(user, queue_kw: dict):
+    """This browser session's review worklist for ``queue_kw`` (auditor.worklist.Worklist); a new queue choice or
+    another account gives back what the old one held. After verdicts, in the background, it refits the risk model
+    and recounts the progress."""
+    from auditor.ui_helpers import progress_counts
+    from auditor.worklist import Worklist
+
+    ss = st.session_state
+    key = (user.name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in queue_kw.items())))
+    wl = ss.get("_worklist")
+    if wl is None or wl.key != key:
+        if wl is not None:
+            wl.release()
+        refit = refitter()
+        name = user.name
+        wl = Worklist(store().cursor, name, queue_kw, key=key,
+                      after_verdicts=lambda con, model: refit.notify(model),
+                      progress=lambda con, model, config: progress_counts(con, model, config, name))
+        ss["_worklist"] = wl
+    return wl
+
+
+#: Keys go to the app, not to a text field the annotator has finished with: Esc leaves any field, Enter leaves a
+#: one-line field after submitting it (the value is sent first). Installed once per browser tab.
+KEYBOARD_JS = """<script>
+if (!window.__auditorKeys) {
+  window.__auditorKeys = true;
+  document.addEventListener('keydown', (e) => {
+    const t = e.target;
+    if (!t || !t.tagName) return;
+    const field = t.tagName === 'TEXTAREA' || (t.tagName === 'INPUT' && !['checkbox', 'radio', 'range', 'button',
+      'submit', 'file', 'color'].includes(t.type));
+    if (!field) return;
+    if (e.key === 'Escape') { t.blur(); }
+    else if (e.key === 'Enter' && t.tagName === 'INPUT' && t.getAttribute('role') !== 'combobox') {
+      setTimeout(() => t.blur(), 0);
+    }
+  }, true);
+}
+</script>"""
+
+
+def keyboard_script() -> None:
+    st.html(KEYBOARD_JS, unsafe_allow_javascript=True)
+
+
+def double_annotation() -> float:
+    """Share of review items routed to two annotators (AUDITOR_DOUBLE_ANNOTATION, set by `auditor app
+    --double-annotation`), read when the page runs."""
+    from auditor.config import ReviewConfig
+
+    try:
+        return float(os.environ.get("AUDITOR_DOUBLE_ANNOTATION") or ReviewConfig().double_annotation)
+    except ValueError:
+        return ReviewConfig().double_annotation
+
+
+def _plotly_chunk() -> str | None:
+    """File name of the browser code Streamlit loads for its first Plotly chart (4.7 MB), if it can be found."""
+    found = sorted((Path(st.__file__).parent / "static" / "static" / "js").glob("PlotlyChart.*.js"))
+    return found[0].name if found else None
+
+
+def preload_charts() -> None:
+    """Have the browser load and compile the Plotly code two seconds after the first page, once per session: on a
+    busy machine that is most of a chart page's first render, and the lead is on another page meanwhile."""
+    ss = st.session_state
+    name = _plotly_chunk()
+    if ss.get("_charts_preloaded") or not name:
+        return
+    ss["_charts_preloaded"] = True
+    st.html(
+        "<script>setTimeout(() => { const s = document.querySelector('script[type=\"module\"][src*=\"static/js/"
+        f"index.\"]'); if (s) import(new URL('{name}', s.src).href).catch(() => {{}}); }}, 2000);</script>",
+        unsafe_allow_javascript=True,
+    )
+
+
+def data_root() -> Path:
+    """The only folder whose files the Load page may read on the server (AUDITOR_DATA_ROOT, `auditor app
+    --data-root`; default: the shipped data/ folder)."""
+    return Path(os.environ.get("AUDITOR_DATA_ROOT") or config.SAMPLE_DIR).expanduser().resolve()
+
+
+def max_ingest_bytes() -> int:
+    """Largest single file the Load page ingests from a server path (AUDITOR_MAX_INGEST_MB, default 2048)."""
+    try:
+        return int(float(os.environ.get("AUDITOR_MAX_INGEST_MB") or 2048) * 1_000_000)
+    except ValueError:
+        return 2048 * 1_000_000
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$:&])")

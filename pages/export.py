@@ -19,6 +19,7 @@ from pages import _common as ui
 from pages._stats import stats_summary
 
 ui.require_app()
+ui.require("export")
 ss = st.session_state
 con = ui.cursor()
 
@@ -103,7 +104,7 @@ if go:
                          seed=int(seed), progress=ui.progress_callback(bar))
     except (StoreError, ValueError, OSError) as exc:
         bar.empty()
-        st.error(str(exc))
+        st.error(ui.md(str(exc)))
         ss.pop("x_result", None)
     else:
         bar.empty()
@@ -116,7 +117,7 @@ with right:
     else:
         s = result["summary"]
         with st.container(border=True):
-            st.markdown(f"**{Path(result['path']).name}**")
+            st.markdown(f"**{ui.md(Path(result['path']).name)}**")
             m = st.columns(3)
             m[0].metric("Lines", f"{s.rows:,}")
             m[1].metric("Queries", f"{s.queries_written:,}", f"of {s.queries_with_positives:,} with positives",
@@ -142,12 +143,32 @@ with right:
 
 st.divider()
 st.subheader("Statistics")
-st.caption(f"Band configuration '{band_config}', model {model}; short queries counted for {int(negatives)} negatives.")
+st.caption(ui.md(f"Band configuration '{band_config}', model {model}; short queries counted for {int(negatives)} "
+                 "negatives."))
 try:
     report = stats.compute_stats(con, config=band_config, model=model, negatives=int(negatives))
 except (StoreError, ValueError) as exc:
-    st.error(str(exc))
+    st.error(ui.md(str(exc)))
 else:
     stats_summary(report)
-    st.download_button("Download statistics (JSON)", json.dumps(report, indent=2, default=str), file_name="stats.json",
-                       mime="application/json", key="x_stats_download", icon=":material/download:")
+    d1, d2 = st.columns(2)
+    d1.download_button("Download statistics (JSON)", json.dumps(report, indent=2, default=str),
+                       file_name="stats.json", mime="application/json", key="x_stats_download",
+                       icon=":material/download:")
+    # The report inlines plotly.js (a few MB): built when asked for, for the statistics on screen.
+    report_key = json.dumps([band_config, model, int(negatives), report.get("verdicts", {}).get("events")])
+    if ss.get("x_report_key") != report_key:
+        ss.pop("x_report", None)
+    if "x_report" not in ss:
+        if d2.button("Prepare the HTML report", key="x_report_go", icon=":material/description:",
+                     help="one self-contained file with the plots, readable offline (what `auditor stats --report` "
+                          "writes)"):
+            from auditor.report import render_html
+
+            with st.spinner("Building the report…"):
+                ss["x_report"] = render_html(report)
+                ss["x_report_key"] = report_key
+            st.rerun()
+    else:
+        d2.download_button("Download the HTML report", ss["x_report"], file_name="report.html", mime="text/html",
+                           key="x_report_download", icon=":material/download:", type="primary")

@@ -1,6 +1,9 @@
-"""Histograms & bands page: score geometry, and thresholds whose effect is previewed live before saving.
+"""Histograms & bands page (leads): score geometry, and thresholds whose effect is previewed live before saving.
 
 All counting happens in DuckDB (auditor.bands.preview_bands / histogram): the page stays fast on a million candidates.
+Axes are clipped to the 0.5th-99.5th percentile (a ratio over a near-zero positive must not squeeze everything into
+one bar), every active threshold is drawn, and only the open tab is computed. Names from the data or from users
+(configurations, sources) are shown as plain text, in Plotly labels too.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ import streamlit as st
 from auditor import bands
 from auditor.config import DEFAULT_BAND_CONFIG, BandConfig
 from auditor.store import StoreError
-from auditor.ui_helpers import band_counts_by_source, scored_models, scores_version
+from auditor.ui_helpers import (
+    band_counts_by_source, percentile_range, plotly_text, rule_label, scored_models, scores_version,
+)
 from pages import _charts
 from pages import _common as ui
 
 ui.require_app()
+ui.require("tune")
 
 ss = st.session_state
 con = ui.cursor()
@@ -25,21 +31,30 @@ BINS = 60
 
 # Histograms and per-source counts depend only on the stored scores and bands, not on the sliders: computed in SQL
 # once per version of the store (scores_version changes whenever mining or band assignment writes).
-@st.cache_data(max_entries=32, show_spinner=False)
-def _histograms(db: str, model: str, version: tuple) -> dict:
+@st.cache_data(max_entries=64, show_spinner=False)
+def _histogram(db: str, model: str, version: tuple, what: str) -> dict:
+    """One tab's histograms, binned over the 0.5th-99.5th percentile of the values (the clipped rest is counted)."""
     cur = ui.cursor()
-    h_neg = bands.histogram(cur, "s_neg", model, bins=BINS)
-    h_pos = bands.histogram(cur, "s_pos_min", model, bins=BINS)
-    if h_neg["n"] and h_pos["n"]:
-        lo, hi = min(h_neg["lo"], h_pos["lo"]), max(h_neg["hi"], h_pos["hi"])
-        h_neg = bands.histogram(cur, "s_neg", model, bins=BINS, lo=lo, hi=hi)
-        h_pos = bands.histogram(cur, "s_pos_min", model, bins=BINS, lo=lo, hi=hi)
-    return {
-        "s_neg": h_neg,
-        "s_pos": h_pos,
-        "delta": bands.histogram(cur, "delta", model, bins=BINS),
-        "ratio": bands.histogram(cur, "ratio", model, bins=BINS, where="s_pos_min > 0"),
-    }
+
+    def clipped(column: str, where: str | None = None, lo=None, hi=None) -> dict:
+        p_lo, p_hi, n = percentile_range(cur, column, model, where=where)
+        lo = p_lo if lo is None else lo
+        hi = p_hi if hi is None else hi
+        h = bands.histogram(cur, column, model, bins=BINS, where=where, lo=lo, hi=hi)
+        return {**h, "total": n, "clipped": n - h["n"]}
+
+    if what == "scores":
+        lo_n, hi_n, _ = percentile_range(cur, "s_neg", model)
+        lo_p, hi_p, _ = percentile_range(cur, "s_pos_min", model)
+        if lo_n is None or lo_p is None:
+            return {"s_neg": clipped("s_neg"), "s_pos": clipped("s_pos_min")}
+        lo, hi = min(lo_n, lo_p), max(hi_n, hi_p)
+        return {"s_neg": clipped("s_neg", lo=lo, hi=hi), "s_pos": clipped("s_pos_min", lo=lo, hi=hi)}
+    if what == "ratio":
+        return {"ratio": clipped("ratio", where="s_pos_min > 0")}
+    if what == "rank":
+        return {"rank": clipped("rank")}
+    return {what: clipped(what)}
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -112,6 +127,17 @@ def _export_risk(model: str) -> None:
                 else "no threshold in the sweep gets there"))
 
 
+def _save(name: str, cfg: BandConfig) -> None:
+    with st.spinner("Assigning bands…"):
+        counts = bands.assign_bands(con, name, model, cfg)
+    ui.store_changed()
+    ss.pop("h_confirm", None)
+    ss["h_base_next"] = name
+    ss["h_saved_msg"] = (f"Saved '{name}': " + ", ".join(
+        f"{counts.get(bd, 0):,} {ui.BAND_LABELS[bd].lower()}" for bd in bands.BANDS))
+    st.rerun()
+
+
 ui.page_header("Histograms & bands", "How negatives score against their positive, and what each threshold would do.")
 models = scored_models(con)
 if not models:
@@ -140,6 +166,9 @@ if ss.get("h_loaded") != (base_name, model):
     ss["th_top_on"], ss["th_top"] = base.top_rank is not None, int(base.top_rank or 5)
     ss["th_anchor_on"], ss["th_anchor"] = base.anchor_max_outscored is not None, int(base.anchor_max_outscored or 20)
     ss["th_a"], ss["th_b"], ss["th_w"] = float(base.simans_a), float(base.simans_b), float(base.ambiguous_min_weight)
+elif "th_rel" not in ss and "_th_kept" in ss:
+    # Back from another page: Streamlit dropped the sliders' state with their widgets; put the thresholds back.
+    ss.update(ss["_th_kept"])
 
 controls, results = st.columns([1, 2], gap="large")
 with controls:
@@ -174,6 +203,8 @@ with controls:
         on_rank = st.toggle("Too easy beyond a rank", key="th_rank_on")
         rank = st.number_input("rank", 1, 100000, key="th_rank", disabled=not on_rank)
 
+ss["_th_kept"] = {k: ss[k] for k in list(ss.keys()) if isinstance(k, str) and k.startswith("th_")}
+
 cfg = replace(
     base,
     relative_margin=rel if on else None,
@@ -192,7 +223,7 @@ with results:
     try:
         preview = bands.preview_bands(con, cfg, model, int(min_neg))
     except (StoreError, ValueError) as exc:
-        st.error(str(exc))
+        st.error(ui.md(str(exc)))
         st.stop()
     saved = bands.band_counts(con, base_name, model) if base_name in configs else {}
     stored = {bd: sum(per.values()) for bd, per in saved.items()}
@@ -218,47 +249,87 @@ with results:
                    f"{preview['total_candidates']:,} candidates) so the sliders stay fast; saving assigns every "
                    "candidate exactly.")
 
-    tabs = st.tabs(["Scores", "Delta", "Ratio", "Per source", "Per rule", "Export risk"])
-    version = scores_version(con)
-    hists = _histograms(str(ui.db_path()), model, version)
-    with tabs[0]:
-        st.plotly_chart(_charts.scores_figure(hists["s_pos"], hists["s_neg"], cfg.absolute_cap), key="fig_scores")
-        st.caption("s_pos is counted once per candidate row (its query's lowest-scoring positive).")
-    with tabs[1]:
-        st.plotly_chart(_charts.delta_figure(hists["delta"], cfg.absolute_margin,
-                                             cfg.simans_a, cfg.simans_b, cfg.ambiguous_min_weight), key="fig_delta")
-    with tabs[2]:
-        st.plotly_chart(_charts.ratio_figure(hists["ratio"], cfg.relative_margin), key="fig_ratio")
-        st.caption("Queries whose positive scores at or below 0 are left out of the ratio.")
-    with tabs[3]:
-        if base_name in configs:
-            st.plotly_chart(_charts.band_bars(_by_source(str(ui.db_path()), base_name, model, version),
-                                              f"Saved bands of '{base_name}' per source", "source"), key="fig_src")
-        else:
-            st.caption("Save a configuration to see its bands per source.")
-    with tabs[4]:
-        live = {r: n for r, n in sorted(preview["rules"].items(), key=lambda kv: -kv[1])}
-        st.dataframe({"rule": list(live), "candidates (these thresholds)": list(live.values()),
-                      "candidates (saved)": [saved_rules.get(r, 0) for r in live]},
-                     hide_index=True, width="stretch")
+    with st.container(border=True):
+        st.markdown("**What the bands mean with these thresholds**")
+        for bd, text in bands.band_definitions(cfg).items():
+            st.markdown(f"{ui.band_badge(bd)} {ui.md(text)}")
 
-    with tabs[5]:
-        _export_risk(model)
+    # Only the open tab runs (on_change="rerun"): the first view computes one tab, not eight.
+    names = ["Scores", "Delta", "Ratio", "Closeness to the positive", "Rank", "Per source", "Per rule",
+             "Export risk"]
+    tabs = st.tabs(names, key="h_tab", on_change="rerun")
+    version = scores_version(con)
+    db = str(ui.db_path())
+    if tabs[0].open:
+        with tabs[0]:
+            h = _histogram(db, model, version, "scores")
+            st.plotly_chart(_charts.scores_figure(h["s_pos"], h["s_neg"], cfg.absolute_cap), key="fig_scores")
+            st.caption("s_pos is counted once per candidate row (its query's lowest-scoring positive). "
+                       + _charts.clip_note(h["s_neg"]))
+    if tabs[1].open:
+        with tabs[1]:
+            h = _histogram(db, model, version, "delta")["delta"]
+            st.plotly_chart(_charts.delta_figure(h, cfg.absolute_margin, cfg.simans_a, cfg.simans_b,
+                                                 cfg.ambiguous_min_weight), key="fig_delta")
+            st.caption(_charts.clip_note(h))
+    if tabs[2].open:
+        with tabs[2]:
+            h = _histogram(db, model, version, "ratio")["ratio"]
+            st.plotly_chart(_charts.ratio_figure(h, cfg.relative_margin), key="fig_ratio")
+            st.caption("Queries whose positive scores at or below 0 are left out of the ratio. " + _charts.clip_note(h))
+    if tabs[3].open:
+        with tabs[3]:
+            h = _histogram(db, model, version, "sim_to_pos")["sim_to_pos"]
+            st.plotly_chart(_charts.closeness_figure(h, cfg.near_duplicate), key="fig_close")
+            st.caption("Similarity of each candidate to its closest labeled positive. " + _charts.clip_note(h))
+    if tabs[4].open:
+        with tabs[4]:
+            h = _histogram(db, model, version, "rank")["rank"]
+            st.plotly_chart(_charts.rank_figure(h, cfg.top_rank, cfg.easy_rank), key="fig_rank")
+            st.caption("Rank of each candidate in the model's search for its query (positives excluded). "
+                       + _charts.clip_note(h))
+    if tabs[5].open:
+        with tabs[5]:
+            if base_name in configs:
+                st.plotly_chart(_charts.band_bars(_by_source(db, base_name, model, version),
+                                                  f"Saved bands of '{plotly_text(base_name)}' per source", "source"),
+                                key="fig_src")
+            else:
+                st.caption("Save a configuration to see its bands per source.")
+    if tabs[6].open:
+        with tabs[6]:
+            live = {r: n for r, n in sorted(preview["rules"].items(), key=lambda kv: -kv[1])}
+            st.dataframe({"rule": [rule_label(r) for r in live], "candidates (these thresholds)": list(live.values()),
+                          "candidates (saved)": [saved_rules.get(r, 0) for r in live]},
+                         hide_index=True, width="stretch")
+
+    if tabs[7].open:
+        with tabs[7]:
+            _export_risk(model)
 
     with st.container(border=True):
         st.markdown("**Save these thresholds**")
         st.caption("Saving writes the bands of every candidate for this model; the review queue uses them at once.")
         c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-        name = c1.text_input("Configuration name", value=base_name, key="h_save_name")
+        name = c1.text_input("Configuration name", key="h_save_name", placeholder="a new name, e.g. strict-0.1",
+                             help="the name of a saved configuration replaces it, after you confirm")
+        target = name.strip()
+        existing = set(configs) | {c for c, _, _ in ui.banded_pairs()}  # saved, or banded without a saved row
         if c2.button("Save and apply", type="primary", key="h_save", width="stretch", icon=":material/save:"):
-            if not name.strip():
+            if not target:
                 st.error("Give the configuration a name.")
+            elif target in existing and ss.get("h_confirm") != target:
+                ss["h_confirm"] = target  # ask first: replacing a configuration re-bands what reviewers see
             else:
-                with st.spinner("Assigning bands…"):
-                    counts = bands.assign_bands(con, name.strip(), model, cfg)
-                ss["h_base_next"] = name.strip()
-                ss["h_saved_msg"] = (f"Saved '{name.strip()}': " + ", ".join(
-                    f"{counts.get(bd, 0):,} {ui.BAND_LABELS[bd].lower()}" for bd in bands.BANDS))
+                _save(target, cfg)
+        if ss.get("h_confirm") and ss["h_confirm"] == target and target in existing:
+            st.warning(f"A configuration named {ui.md(target)} exists: replacing it re-bands every candidate of this "
+                       "model under that name, and the review queue and exports that use it change at once.")
+            r1, r2 = st.columns(2)
+            if r1.button(f"Replace {target}", type="primary", key="h_replace", icon=":material/warning:"):
+                _save(target, cfg)
+            if r2.button("Cancel", key="h_cancel"):
+                ss.pop("h_confirm", None)
                 st.rerun()
         if ss.get("h_saved_msg"):
-            st.success(ss.pop("h_saved_msg"))
+            st.success(ui.md(ss.pop("h_saved_msg")))

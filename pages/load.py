@@ -1,7 +1,11 @@
-"""Load data page: ingest a training set (upload or server path), then mine candidates with a model.
+"""Load data page (admins): ingest a training set (upload or server path), then mine candidates with a model.
 
 The page only collects options; auditor.ingest.ingest_path and auditor.mine.mine do the work (the same code as
 `auditor ingest` and `auditor mine`), reporting progress through a callback that drives st.progress.
+
+Server paths are read only inside the data root (AUDITOR_DATA_ROOT, `auditor app --data-root`), only regular files
+under a size cap; uploads are capped by server.maxUploadSize and zip files by their unpacked size. Error messages
+name the file as the admin knows it (the upload's name, never a server temp path) and quote none of its content.
 """
 
 from __future__ import annotations
@@ -18,8 +22,13 @@ from auditor.store import StoreError, table_counts
 from pages import _common as ui
 
 ui.require_app()
+ui.require("load")
 ss = st.session_state
 con = ui.cursor()
+
+#: A zip upload may unpack to at most this many bytes and files.
+ZIP_MAX_BYTES = 4 * 1024**3
+ZIP_MAX_FILES = 10_000
 
 ui.page_header("Load data", "Bring in a training set, then mine and score candidate negatives.")
 
@@ -40,7 +49,7 @@ FORMAT_HELP = (
 
 
 def _show_summary(summary, shown_as: str | None) -> None:
-    st.success(ui.md(f"Ingested {shown_as or summary.path}"))
+    st.success(f"Ingested {ui.md(shown_as or summary.path)}")
     c = st.columns(5)
     c[0].metric("New queries", f"{summary.queries:,}")
     c[1].metric("New documents", f"{summary.documents:,}")
@@ -52,9 +61,12 @@ def _show_summary(summary, shown_as: str | None) -> None:
 
 
 def _ingest(
-    path: Path, fmt: str, split: str | None, name: str | None, skip_bad: bool, shown_as: str | None = None
+    path: Path, fmt: str, split: str | None, name: str | None, skip_bad: bool, shown_as: str | None = None,
+    temp_root: Path | None = None,
 ) -> None:
+    """Ingest ``path``; errors are shown with ``shown_as`` for the file (an upload's own name) and no content."""
     from auditor.ingest import IngestError, ingest_path
+    from auditor.ui_helpers import safe_ingest_message
 
     bar = st.progress(0.0, text="Reading…")
     try:
@@ -62,11 +74,33 @@ def _ingest(
                               skip_bad=skip_bad, progress=ui.progress_callback(bar))
     except (IngestError, StoreError, ValueError, OSError) as exc:
         bar.empty()
-        st.error(f"Nothing was stored. {exc}")
+        where, shown = str(getattr(exc, "where", None) or ""), None
+        if temp_root is not None:  # an upload: name it as the admin knows it, never by its temporary path
+            inner = where[len(str(temp_root)):].lstrip("/") if where.startswith(str(temp_root)) else ""
+            if inner.startswith("unzipped/"):
+                shown = f"{shown_as} ({inner.split('/', 1)[1]})"
+            else:
+                shown = inner or shown_as
+        if isinstance(exc, StoreError) and not isinstance(exc, IngestError):  # about the store, not the file
+            msg = str(exc).replace(str(temp_root), shown_as or "") if temp_root is not None else str(exc)
+        else:
+            msg = safe_ingest_message(exc, shown)
+        st.error("Nothing was stored. " + ui.md(msg))
         return
     bar.empty()
+    ui.store_changed()
     ss["load_summary"] = (summary, shown_as)
     st.rerun()
+
+
+def _unzip(archive: Path, into: Path) -> None:
+    """Unpack a zip upload, refusing one that unpacks too large or holds too many files (zip bombs)."""
+    with zipfile.ZipFile(archive) as zf:
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        if len(members) > ZIP_MAX_FILES or sum(m.file_size for m in members) > ZIP_MAX_BYTES:
+            raise ValueError(f"the zip file unpacks to more than {ZIP_MAX_BYTES // 1024**3} GB or "
+                             f"{ZIP_MAX_FILES:,} files: ingest it with `auditor ingest` on the server")
+        zf.extractall(into)  # zipfile keeps every member inside `into` (no absolute paths, no '..')
 
 
 def _options(prefix: str) -> tuple[str, str | None, str | None, bool]:
@@ -83,31 +117,41 @@ st.subheader("1 · Ingest")
 upload_tab, path_tab = st.tabs(["Upload a file", "Path on the server"])
 with upload_tab:
     up = st.file_uploader("Training file (JSONL, Parquet, CSV) or a zipped BEIR folder",
-                          type=["jsonl", "json", "parquet", "csv", "zip"], key="load_upload")
+                          type=["jsonl", "json", "parquet", "csv", "zip"], key="load_upload",
+                          help=f"up to {st.get_option('server.maxUploadSize'):,} MB")
     fmt, split, name, skip_bad = _options("up")
     if st.button("Ingest upload", type="primary", disabled=up is None, key="load_upload_go", icon=":material/upload:"):
         with tempfile.TemporaryDirectory(prefix="auditor-upload-") as tmp:
             target = Path(tmp) / Path(up.name).name
             target.write_bytes(up.getbuffer())
             if target.suffix == ".zip":
-                with zipfile.ZipFile(target) as zf:
-                    zf.extractall(Path(tmp) / "unzipped")
+                try:
+                    _unzip(target, Path(tmp) / "unzipped")
+                except (ValueError, zipfile.BadZipFile) as exc:
+                    st.error(ui.md(f"{up.name}: {exc}"))
+                    st.stop()
                 found = sorted((Path(tmp) / "unzipped").rglob("corpus.jsonl"))
                 if not found:
-                    st.error("The zip file holds no corpus.jsonl: zip a BEIR folder "
-                             "(corpus.jsonl, queries.jsonl, qrels/).")
+                    st.error(ui.md(f"{up.name} holds no corpus.jsonl: zip a BEIR folder "
+                                   "(corpus.jsonl, queries.jsonl, qrels/)."))
                     st.stop()
                 target = found[0].parent
-            _ingest(target, fmt, split, name or Path(up.name).stem, skip_bad, shown_as=f"upload {up.name}")
+            _ingest(target, fmt, split, name or Path(up.name).stem, skip_bad, shown_as=up.name, temp_root=Path(tmp))
 with path_tab:
-    server_path = st.text_input("File or BEIR folder on the server", key="load_path",
-                                placeholder=str(config.SAMPLE_MSMARCO))
+    from auditor.ui_helpers import PathRefused, check_server_path
+
+    root = ui.data_root()
+    st.caption(f"Files and BEIR folders inside the data root {ui.md(root)} (start the app with `--data-root DIR` "
+               f"for another), up to {ui.max_ingest_bytes() / 1e6:,.0f} MB a file.")
+    server_path = st.text_input("File or BEIR folder, relative to the data root (or an absolute path inside it)",
+                                key="load_path", placeholder="cranfield")
     fmt, split, name, skip_bad = _options("path")
     if st.button("Ingest path", type="primary", disabled=not server_path.strip(), key="load_path_go",
                  icon=":material/input:"):
-        p = Path(server_path.strip()).expanduser()
-        if not p.exists():
-            st.error(f"No file or folder at {p}.")
+        try:
+            p = check_server_path(server_path, root, ui.max_ingest_bytes())
+        except PathRefused as exc:
+            st.error(ui.md(str(exc)))
         else:
             _ingest(p, fmt, split, name, skip_bad)
 
@@ -133,8 +177,9 @@ if go:
         summary = mine(ui.cursor(), model.strip(), int(depth), progress=ui.progress_callback(bar))
     except (StoreError, ValueError, OSError) as exc:
         bar.empty()
-        st.error(str(exc))
+        st.error(ui.md(str(exc)))
     else:
+        ui.store_changed()
         ss["mine_msg"] = (
             f"Mined with {summary.model}: {summary.queries:,} queries searched over {summary.documents:,} documents "
             f"({summary.embedded_documents:,} documents and {summary.embedded_queries:,} queries embedded in this run; "
@@ -142,7 +187,7 @@ if go:
         )
         st.rerun()
 if ss.get("mine_msg"):
-    st.success(ss.pop("mine_msg"))
+    st.success(ui.md(ss.pop("mine_msg")))
     st.page_link("pages/review.py", label="Start reviewing", icon=":material/rule:")
 
 with st.expander("What is in this store"):

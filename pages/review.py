@@ -1,29 +1,34 @@
 """Review page: one suspected false negative at a time, one key per verdict.
 
-Every verdict is an event written at once (auditor.review.record_verdict); undo appends an 'undo' event. The queue
-itself is computed by the library from the store on each step, so two annotators never get in each other's way.
+The annotator holds a few items under lease (auditor.worklist, auditor.queue.claim): nobody else is given them, and
+the next one is prefetched while the annotator reads. Every action carries the ids and the serial of the item on
+screen; an action about an item that is no longer on screen (a key pressed before the next item was drawn) is
+ignored. The item area is a fragment: a verdict reruns it alone, not the sidebar. Every text from the data is escaped
+(html.escape) or shown with st.text: markup in a passage is shown, never rendered.
 """
 
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 import streamlit as st
 
-from auditor import review
+from auditor import queue
 from auditor.risk import describe
 from auditor.store import StoreError
 from auditor.ui_helpers import (
-    VERDICT_LABELS, annotator_verdicts, band_config_of, banded_pairs, candidate_sources, explain_rule,
+    VERDICT_KEYS, VERDICT_LABELS, apply_history_edits, band_config_of, explain_rule, get_guidelines, highlight_html,
+    query_words, recent_verdicts, safe_markdown,
 )
 from pages import _common as ui
 
 ui.require_app()
-
+user = ui.require("review")
 ss = st.session_state
-name = ui.annotator()
 con = ui.cursor()
 
-pairs = banded_pairs(con)
+pairs = ui.banded_pairs()
 if not pairs:
     ui.page_header("Review", "Suspected false negatives, one at a time.")
     ui.stop_until_loaded(
@@ -31,226 +36,302 @@ if not pairs:
         "**Load data** page (or run `auditor mine --db FILE`)."
     )
 
-# ---- sidebar: who, queue mode, filters --------------------------------------------------------------------------
+#: Characters of a passage shown in its box (it scrolls); the whole passage is one click away.
+TEXT_LIMIT = 3000
+MODE_LABELS = {"export": "What the export will write", "risk": "Highest risk first",
+               "stratified": "Stratified random (per band)"}
+
+# ---- sidebar: the queue -----------------------------------------------------------------------------------------
 with st.sidebar:
-    st.markdown(f"**Reviewing as** {ui.md(name)}")
-    if ui.oidc_configured():
-        st.button("Sign out", icon=":material/logout:", type="tertiary", on_click=st.logout)
-    elif st.button("Switch annotator", icon=":material/logout:", type="tertiary"):
-        for key in ("annotator", "current", "skip"):
-            ss.pop(key, None)
-        st.rerun()
+    st.markdown("**Queue**")
     labels = [f"{c} · {m}" for c, m, _ in pairs]
     choice = st.selectbox("Band configuration · model", labels, key="band_choice", disabled=len(pairs) == 1)
     config_name, model, _ = pairs[labels.index(choice)]
     mode = st.radio(
-        "Queue order",
-        ["export", "risk", "stratified"],
-        key="queue_mode",
-        format_func={"export": "What the export will write", "risk": "Highest risk first",
-                     "stratified": "Stratified random (per band)"}.get,
+        "Order", list(MODE_LABELS), key="queue_mode", format_func=MODE_LABELS.get,
         help="What the export will write: the negatives the current export settings would put in the training "
-        "file, most likely false negative first; a confirmed false negative leaves the export and its replacement "
-        "comes up. Highest risk: every candidate, most likely false negative first. Stratified random samples each "
-        "band at random and stores each item's sampling probability, for unbiased false-negative rates per band.",
+        "file, most likely relevant first. Highest risk: every candidate, most likely relevant first. Stratified "
+        "random: each band at random, for unbiased rates per band.",
     )
-    bands = st.multiselect(
-        "Bands", list(ui.BAND_LABELS), default=list(ui.BAND_LABELS), format_func=ui.BAND_LABELS.get, key="f_bands"
-    )
-    sources = candidate_sources(con)
-    source = st.selectbox("Source", ["(all)"] + sources, key="f_source")
+    bands = st.multiselect("Bands", list(ui.BAND_LABELS), default=list(ui.BAND_LABELS),
+                           format_func=ui.BAND_LABELS.get, key="f_bands")
+    source = st.selectbox("Source", ["(all)"] + ui.candidate_sources(), key="f_source")
     query_filter = st.text_input("Query id", key="f_query", placeholder="all queries").strip()
 
-filters = (config_name, model, mode, tuple(bands), source, query_filter)
-if ss.get("filters") != filters:
-    ss["filters"] = filters
-    ss["current"] = None
-skip: list[tuple[str, str]] = ss.setdefault("skip", [])
+share = ui.double_annotation()
+wl = ui.worklist(user, {
+    "mode": mode, "model": model, "config": config_name, "bands": list(bands) or None,
+    "source": None if source == "(all)" else source, "query_id": query_filter or None, "double_annotation": share,
+})
 
 
-def _fetch() -> dict | None:
-    return review.next_item(
-        con,
-        annotator=name,
-        mode=mode,
-        model=model,
-        config=config_name,
-        bands=bands or None,
-        source=None if source == "(all)" else source,
-        query_id=query_filter or None,
-        skip=skip,
-    )
-
-
-# ---- actions (callbacks run before the page is drawn again) -----------------------------------------------------
-def _verdict(verdict: str) -> None:
-    item = ss.get("current")
-    if not item:
+# ---- actions: each names the item it is about; anything else is a stale key press and does nothing -------------
+def _verdict(verdict: str, query_id: str, doc_id: str, serial: int) -> None:
+    if not wl.is_current(query_id, doc_id, serial):
         return
-    review.record_verdict(
-        ui.cursor(),
-        query_id=item["query_id"],
-        doc_id=item["doc_id"],
-        verdict=verdict,
-        annotator=name,
-        note=(ss.get("note") or "").strip() or None,
-        band=item["band"],
-        queue_mode=item["mode"],
-        sampling_prob=item.get("sampling_prob") if item["mode"].startswith("stratified") else None,
-    )
-    ui.refitter().notify(item["model"])  # the risk model learns from the verdicts, in the background
-    ss["flash"] = f"{VERDICT_LABELS[verdict]} saved for {item['query_id']} / {item['doc_id']}"
+    if not ui.still_signed_in():
+        return
+    item = wl.current()
+    cur = ui.cursor()
+    # Only when our lease may have run out (the item sat on screen for longer than a lease) can another hold it.
+    others = [] if wl.lease_live() else queue.other_holders(cur, user.name, query_id, doc_id)
+    if others and not queue.needs_two_annotators(query_id, doc_id, share):
+        wl.finish(query_id, doc_id)  # our lease ran out while the item sat on screen, and someone else took it
+        ss["last"] = f"Not saved: {query_id} / {doc_id} went to another annotator while it sat idle here."
+        return
+    wl.judge(item, verdict, (ss.get("note") or "").strip() or None)
     ss["note"] = ""
-    ss["current"] = None
+    ss["last"] = f"{VERDICT_LABELS[verdict]}: saved for {query_id} / {doc_id}"
 
 
-def _skip() -> None:
-    item = ss.get("current")
-    if item:
-        skip.append((item["query_id"], item["doc_id"]))
-        ss["flash"] = f"Skipped {item['query_id']} / {item['doc_id']} for this session"
-    ss["current"] = None
+def _skip(query_id: str, doc_id: str, serial: int) -> None:
+    if wl.is_current(query_id, doc_id, serial):
+        wl.skip(wl.current())
+        ss["last"] = f"Skipped {query_id} / {doc_id}: it stays out of your queue until you bring it back"
 
 
-def _undo() -> None:
-    undone = review.undo_last(ui.cursor(), annotator=name)
-    if undone is None:
-        ss["flash"] = "Nothing to undo"
+def _undo(serial: int) -> None:
+    if serial != wl.serial or not ui.still_signed_in():
         return
-    pair = (undone["query_id"], undone["doc_id"])
-    if pair in skip:
-        skip.remove(pair)
-    ss["flash"] = f"Undid {VERDICT_LABELS.get(undone['verdict'], undone['verdict'])} on {pair[0]} / {pair[1]}"
-    ss["current"] = None
+    undone = wl.undo()
+    if undone is None:
+        ss["last"] = "Nothing to undo"
+        return
+    what = f"{VERDICT_LABELS.get(undone['verdict'], undone['verdict'])} on {undone['query_id']} / {undone['doc_id']}"
+    ss["last"] = f"Undid {what}" + ("" if undone["held"] else " (another annotator holds it now)")
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}" + ("" if n == 1 else "s")
+def _bring_back() -> None:
+    queue.clear_skips(ui.cursor(), user.name)
+    wl.reset()
 
 
-# ---- header and progress -----------------------------------------------------------------------------------------
-ui.page_header("Review", "Is the candidate relevant to the query? Judge it against the labeled positive.")
-if ss.get("flash"):
-    st.toast(ui.md(ss.pop("flash")), icon=":material/check_circle:", duration=2)
+def _history_edit(key: str, rows: list[dict]) -> None:
+    """Verdicts changed in the history table become new events (the old ones stay in the audit trail)."""
+    changed = apply_history_edits(ui.cursor(), user.name, rows, (ss.get(key) or {}).get("edited_rows", {}))
+    if changed:
+        ss["last"] = "; ".join(f"Changed {q} / {d} to {VERDICT_LABELS[v]}" for q, d, v in changed)
+    ss["hist_gen"] = ss.get("hist_gen", 0) + 1
 
-prog = review.review_progress(con, model=model, config=config_name)
-total, done = int(prog["total"].sum()), int(prog["reviewed"].sum())
-cols = st.columns([2, 1, 1, 1])
-with cols[0]:
-    st.metric("Reviewed (everyone)", f"{done:,} / {total:,}", f"{annotator_verdicts(con, name):,} by you",
-              delta_color="off", delta_arrow="off")
-    st.progress(done / total if total else 0.0)
-for col, (_, row) in zip(cols[1:], prog.iterrows()):
-    with col:
-        b = row["band"]
-        st.metric(ui.BAND_LABELS[b], f"{int(row['reviewed']):,} / {int(row['total']):,}",
-                  _plural(int(row['false_negative']), "false negative"), delta_color="off", delta_arrow="off",
-                  help=ui.BAND_HELP[b])
-        st.progress(int(row["reviewed"]) / int(row["total"]) if int(row["total"]) else 0.0)
 
-# ---- the item ----------------------------------------------------------------------------------------------------
-try:
-    if ss.get("current") is None:
-        ss["current"] = _fetch()
-    item = ss["current"]
-except (StoreError, ValueError) as exc:
-    st.error(str(exc))
-    st.stop()
+# ---- drawing ------------------------------------------------------------------------------------------------------
+st.html("""<style>
+.ad-box {border: 1px solid #DDE0E8; border-radius: .5rem; padding: .45rem .7rem .55rem; background: #fff;}
+.ad-query {background: #F6F7FB;}
+.ad-head {display: flex; flex-wrap: wrap; gap: .35rem .5rem; align-items: baseline; font-size: .78rem;
+          color: #5B6170; margin-bottom: .3rem;}
+.ad-label {font-weight: 700; font-size: .9rem; color: #1F2333;}
+.ad-title {font-weight: 600; font-size: .9rem; margin-bottom: .2rem;}
+.ad-text {white-space: pre-wrap; font-size: .9rem; line-height: 1.45; max-height: 15.5rem; overflow-y: auto;}
+.ad-query .ad-text {max-height: 4.6rem; font-size: 1rem; font-weight: 500;}
+.ad-tag {border-radius: .7rem; padding: .05rem .5rem; font-size: .72rem; font-weight: 600; background: #E8EAF2;
+         color: #2B3040; white-space: nowrap;}
+.ad-suspicious {background: #FEE2E2; color: #991B1B;} .ad-ambiguous {background: #FEF3C7; color: #92400E;}
+.ad-too_easy {background: #E5E7EB; color: #374151;} .ad-anchor {background: #DBEAFE; color: #1E40AF;}
+.ad-near {background: #EDE9FE; color: #5B21B6;} .ad-empty {background: #FDE68A; color: #7C2D12;}
+.ad-box mark {background: #FDE68A; color: inherit; padding: 0 .08em; border-radius: .2em;}
+.ad-why ul {margin: .2rem 0 .2rem 1.1rem; padding: 0; font-size: .85rem;} .ad-why li {margin: 0;}
+.ad-why p {margin: .15rem 0; font-size: .85rem;}
+.ad-top {display: flex; flex-wrap: wrap; align-items: baseline; gap: .25rem 1rem;}
+.ad-h {font-size: 1.35rem; font-weight: 700;} .ad-prog {margin-left: auto; color: #5B6170; font-size: .85rem;}
+.ad-last {color: #166534; font-size: .85rem;}
+.ad-pair {display: grid; grid-template-columns: 1fr 1fr; gap: .75rem; margin-top: .6rem;}
+</style>""")
 
-if item is None:
-    st.success(
-        "Queue empty: nothing left for you with these filters."
-        + (" Some items were skipped in this session." if skip else "")
-    )
-    c1, c2 = st.columns(2)
-    c1.button("Undo last verdict", icon=":material/undo:", shortcut="Z", on_click=_undo, key="undo_empty")
-    if skip and c2.button("Bring skipped items back", icon=":material/replay:"):
-        skip.clear()
-        st.rerun()
-    st.stop()
+BAND_TAGS = {b: (f"ad-{b}", ui.BAND_LABELS[b]) for b in ui.BAND_LABELS}
 
-ctx_key = (item["query_id"], item["doc_id"], model, config_name)
-if ss.get("ctx_key") != ctx_key:  # reruns that keep the item (a note typed, a panel opened) reuse its context
-    ss["ctx"] = review.item_context(con, item["query_id"], item["doc_id"], model=model, config=config_name)
-    ss["ctx_key"] = ctx_key
-ctx = ss["ctx"]
-cand = ctx["candidate"]
-cfg = band_config_of(con, config_name)
 
-left, right = st.columns([4, 3], gap="large")
-with left:
-    ui.plain(f"Query · {ctx['query_id']}", ctx["query"])
-    with st.container(border=True):
-        st.markdown(f"**Candidate** &nbsp; {ui.band_badge(cand['band'])}")
-        st.caption(ui.md(f"{cand['doc_id']} · found by: {', '.join(cand['sources']) or 'n/a'}"))
-        if cand.get("title"):
-            st.text(cand["title"])
-        st.text(cand["text"])
+def _box(kind: str, label: str, meta: str, text: str | None, words: set[str], *, title: str | None = None,
+         tags: tuple[tuple[str, str], ...] = (), limit: int = TEXT_LIMIT) -> str:
+    """One passage as escaped HTML: label, tags, its length, the text with the query's words marked."""
+    text = text or ""
+    n = len(text)
+    tags_html = "".join(f'<span class="ad-tag {cls}">{html.escape(t)}</span>' for cls, t in tags)
+    if not text.strip():
+        tags_html += '<span class="ad-tag ad-empty">Empty text</span>'
+    length = f"{n:,} characters" + (f", first {limit:,} shown" if n > limit else "")
+    title_html = f'<div class="ad-title">{highlight_html(title, words)}</div>' if title else ""
+    return (f'<div class="ad-box ad-{kind}" data-box="{kind}"><div class="ad-head"><span class="ad-label">{label}'
+            f'</span>{tags_html}<span>{html.escape(meta)} · {length}</span></div>{title_html}'
+            f'<div class="ad-text">{highlight_html(text, words, limit)}</div></div>')
+
+
+def _whole(text: str | None, what: str, key: str) -> None:
+    """The whole of a passage longer than its box shows, rendered only when opened."""
+    if text and len(text) > TEXT_LIMIT:
+        with st.expander(f"The whole {what} ({len(text):,} characters)", key=key, on_change="rerun") as box:
+            if box.open:
+                with st.container(height=400):
+                    st.text(text)
+
+
+def _pick_positive(ctx: dict, cand: dict, cfg) -> tuple[int, int | None, int | None]:
+    """(index shown by default, index of the anchor, index of the positive nearest to the candidate)."""
+    positives, marks = ctx["positives"], ctx.get("marks") or {}
+    scored = [(i, marks[p["doc_id"]]) for i, p in enumerate(positives) if p["doc_id"] in marks]
+    if not scored:
+        return 0, None, None
+    anchor = min(scored, key=lambda t: t[1]["s_pos"])[0]
+    nearest = max(scored, key=lambda t: t[1]["sim"])[0]
+    return (nearest if cand.get("rule") == "near_duplicate" else anchor), anchor, nearest
+
+
+@st.fragment
+def item_area() -> None:
+    try:
+        item = wl.current()
+    except (StoreError, ValueError) as exc:
+        st.error(str(exc))
+        return
+    serial = wl.serial
+    last = f'<span class="ad-last">{html.escape(ss["last"])}</span>' if ss.get("last") else ""
+    st.html(f'<div class="ad-top"><span class="ad-h">Is the candidate relevant to the query?</span>{last}'
+            f'<span class="ad-prog">{html.escape(_progress())}</span>'
+            "</div>")
+
+    if item is None:
+        n_skipped = len(queue.skipped(con, user.name))
+        st.success("Nothing left for you in this queue." + (f" You skipped {n_skipped} item(s)." if n_skipped else ""))
+        c1, c2 = st.columns(2)
+        c1.button("Undo last verdict", icon=":material/undo:", shortcut="Z", on_click=_undo, args=(serial,),
+                  key=f"undo_empty_{serial}")
+        if n_skipped:
+            c2.button("Bring skipped items back", icon=":material/replay:", on_click=_bring_back, key="bring_back")
+        return
+
+    ctx = wl.context(item)
+    cand = ctx["candidate"]
+    cfg = band_config_of(con, item.get("config") or config_name)
+    words = query_words(ctx["query"])
+    q, d = item["query_id"], item["doc_id"]
+    # In the query, mark the words the candidate shares with it; in the passages, the words they share with the query.
+    in_candidate = words & query_words(f"{cand.get('title') or ''} {cand['text'] or ''}")
     positives = ctx["positives"]
-    if not positives:
-        st.warning("This query has no labeled positive.")
-    elif len(positives) == 1:
-        pos = positives[0]
-        grade = f" · grade {pos['grade']}" if pos.get("grade") is not None else ""
-        ui.plain(f"Labeled positive · {pos['doc_id']}{grade}", pos["text"], title=pos.get("title") or None)
-    else:
-        st.caption(f"{len(positives)} labeled positives")
-        for tab, pos in zip(st.tabs([f"Positive {i + 1}" for i in range(len(positives))]), positives):
-            with tab:
-                grade = f" · grade {pos['grade']}" if pos.get("grade") is not None else ""
-                ui.plain(f"Labeled positive · {pos['doc_id']}{grade}", pos["text"], title=pos.get("title") or None,
-                         height=320)
+    default, anchor, nearest = _pick_positive(ctx, cand, cfg)
+    shown = ss.get(f"pos_{serial}", default)
 
-with right:
-    with st.container(border=True):
-        st.markdown(f"{ui.band_badge(cand['band'])} &nbsp; **Why it is here**")
-        risk = ctx.get("risk")
-        if risk and risk.get("p_fn") is not None:
-            st.metric("P(false negative)", describe(risk["p_fn"]),
-                      help="estimated probability that this candidate is relevant (a false negative): from the "
-                      "dense model, BM25 and closeness to the positive, recalibrated by the verdicts so far")
-            if risk["drivers"]:
-                st.text("; ".join(risk["drivers"]))
-        st.write(explain_rule(cand.get("rule"), cand, cfg))
-        m1, m2 = st.columns(2)
-        m1.metric("s_neg", f"{cand['s_neg']:.3f}" if cand["s_neg"] is not None else "n/a",
-                  help="similarity of query and candidate")
-        m2.metric("s_pos (min)", f"{cand['s_pos_min']:.3f}" if cand["s_pos_min"] is not None else "n/a",
-                  help="similarity of query and its labeled positive (the lowest, when there are several)")
-        m3, m4 = st.columns(2)
-        m3.metric("delta", f"{cand['delta']:+.3f}" if cand["delta"] is not None else "n/a",
-                  help="s_neg - s_pos: above 0 the candidate outscores the positive")
-        m4.metric("rank", f"{cand['rank']}" if cand["rank"] is not None else "> depth",
-                  help="rank of the candidate in the model's corpus search, positives excluded")
-    st.markdown("**Your verdict**")
-    b1, b2 = st.columns(2)
-    b1.button("False negative", key="v_fn", shortcut="F", type="primary", icon=":material/check:",
-              on_click=_verdict, args=("false_negative",), width="stretch", help="relevant to the query (key F)")
-    b2.button("True negative", key="v_tn", shortcut="T", icon=":material/close:", on_click=_verdict,
-              args=("true_negative",), width="stretch", help="not relevant (key T)")
-    b3, b4, b5 = st.columns([1.3, 1, 1])  # "Unsure" plus its key hint needs the most room
-    b3.button("Unsure", key="v_un", shortcut="U", icon=":material/help:", on_click=_verdict, args=("unsure",),
-              width="stretch", help="cannot tell (key U)")
-    b4.button("Skip", key="v_skip", shortcut="S", icon=":material/skip_next:", on_click=_skip, width="stretch",
-              help="leave it for later in this session (key S)")
-    b5.button("Undo", key="v_undo", shortcut="Z", icon=":material/undo:", on_click=_undo, width="stretch",
-              help="take back your last verdict (key Z)")
-    st.text_input("Note (optional)", key="note", placeholder="saved with the next verdict")
-    st.caption("Keys: **F** false negative · **T** true negative · **U** unsure · **S** skip · **Z** undo")
+    left, right = st.columns([10, 3], gap="small")
+    with left:
+        if positives:
+            pos = positives[shown]
+            marks = (ctx.get("marks") or {}).get(pos["doc_id"])
+            tags = []
+            if shown == anchor:
+                tags.append(("ad-anchor", "anchor: compared with"))
+            if shown == nearest and marks:
+                near = cfg.near_duplicate is not None and marks["sim"] >= cfg.near_duplicate
+                tags.append(("ad-near", f"{'near-duplicate' if near else 'nearest'} · similarity {marks['sim']:.2f}"))
+            grade = f" · grade {pos['grade']}" if pos.get("grade") is not None else ""
+            label = f"Labeled positive {shown + 1} of {len(positives)}" if len(positives) > 1 else "Labeled positive"
+            pos_html = _box("positive", label, f"doc {pos['doc_id']}{grade}", pos["text"], words,
+                            title=pos.get("title"), tags=tuple(tags))
+        else:
+            pos = None
+            pos_html = ('<div class="ad-box ad-positive" data-box="positive"><div class="ad-head"><span '
+                        'class="ad-label">No labeled positive</span></div><div class="ad-text">This query has no '
+                        "labeled positive: judge the candidate against the query alone.</div></div>")
+        band = cand.get("band")
+        cand_html = _box("candidate", "Candidate", f"doc {d} · found by {', '.join(cand['sources']) or 'n/a'}",
+                         cand["text"], words, title=cand.get("title"),
+                         tags=(BAND_TAGS[band],) if band in BAND_TAGS else ())
+        st.html(_box("query", "Query", f"query {q}", ctx["query"], in_candidate, limit=600)
+                + f'<div class="ad-pair">{pos_html}{cand_html}</div>')
+        if len(positives) > 1:
+            def fmt(i: int) -> str:
+                extra = " · anchor" if i == anchor else ""
+                extra += " · nearest" if i == nearest else ""
+                return f"{i + 1}{extra}"
 
-others = ctx["others"]
-with st.expander(f"The query's other candidates ({len(others)})", expanded=False):
-    if others:
-        df = pd.DataFrame(others)[["rank", "band", "s_neg", "delta", "doc_id", "title", "snippet"]]
-        st.dataframe(
-            df,
-            hide_index=True,
-            width="stretch",
-            column_config={
-                "s_neg": st.column_config.NumberColumn(format="%.3f"),
-                "delta": st.column_config.NumberColumn(format="%+.3f"),
-                "snippet": st.column_config.TextColumn("text", width="large"),
-            },
-        )
-    else:
-        st.caption("No other candidates for this query.")
+            st.radio("Show positive", range(len(positives)), index=default, format_func=fmt, horizontal=True,
+                     key=f"pos_{serial}",
+                     help="anchor: the positive the margin rules compare with (the lowest score to the query); "
+                          "nearest: the positive most similar to the candidate")
+        _whole(pos["text"] if pos else None, "positive", f"whole_pos_{serial}")
+        _whole(cand["text"], "candidate", f"whole_cand_{serial}")
+        _others(ctx)
+    with right:
+        for verdict, kind in (("false_negative", "primary"), ("true_negative", "secondary"),
+                              ("unsure", "secondary")):
+            st.button(VERDICT_LABELS[verdict], key=f"v_{verdict}_{serial}", shortcut=VERDICT_KEYS[verdict],
+                      type=kind, on_click=_verdict, args=(verdict, q, d, serial), width="stretch")
+        b1, b2 = st.columns(2)
+        b1.button("Skip", key=f"v_skip_{serial}", shortcut="S", on_click=_skip, args=(q, d, serial),
+                  width="stretch", help="set it aside: it leaves your queue until you bring it back")
+        b2.button("Undo", key=f"v_undo_{serial}", shortcut="Z", on_click=_undo, args=(serial,), width="stretch",
+                  help="take back your last verdict")
+        st.text_input("Note (optional)", key="note", placeholder="Note (optional)", label_visibility="collapsed",
+                      help="saved with your next verdict; Esc or Enter leaves the field so keys judge again")
+        # Last on the screen: the marker says the item and the buttons that judge it are drawn (tests, benchmark).
+        st.html(_why(ctx, cand, cfg) + f'<span data-review-item="{html.escape(q)}/{html.escape(d)}#{serial}"></span>')
+    wl.prefetch()  # the next items' leases and contexts, in the background, while the annotator reads this one
+
+
+def _progress() -> str:
+    p = wl.progress
+    if p is None:  # first view: counted now; after verdicts the worklist recounts in the background
+        from auditor.ui_helpers import progress_counts
+
+        p = wl.progress = progress_counts(con, model, config_name, user.name)
+    return f"Reviewed {p['done']:,} of {p['total']:,} (everyone) · {p['mine']:,} by you"
+
+
+def _why(ctx: dict, cand: dict, cfg) -> str:
+    risk = ctx.get("risk") or {}
+    parts = ['<div class="ad-why"><p><b>Why it is here</b></p>']
+    if risk.get("p_fn") is not None:
+        parts.append(f"<p>Estimated chance it is relevant: <b>{html.escape(describe(risk['p_fn']))}</b></p>")
+    drivers = list(risk.get("drivers") or [])
+    rule = cand.get("rule")
+    if rule:
+        drivers.append(explain_rule(rule, cand, cfg))
+    if drivers:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in drivers) + "</ul>")
+    fmt = lambda x, spec: "n/a" if x is None else format(x, spec)  # noqa: E731
+    parts.append(f"<p style='color:#5B6170'>similarity to the query {fmt(cand.get('s_neg'), '.3f')} (positive "
+                 f"{fmt(cand.get('s_pos_min'), '.3f')}) · rank {cand.get('rank') or '> depth'}</p></div>")
+    return "".join(parts)
+
+
+def _others(ctx: dict) -> None:
+    """The query's other candidates, drawn only when opened."""
+    others = ctx["others"]
+    with st.expander(f"The query's other candidates ({len(others)})", key="exp_others", on_change="rerun") as box:
+        if box.open and others:
+            df = pd.DataFrame(others)
+            df["band"] = df["band"].map(lambda b: ui.BAND_LABELS.get(b, b))
+            st.dataframe(df[["rank", "band", "s_neg", "delta", "doc_id", "title", "snippet"]], hide_index=True,
+                         width="stretch", column_config={
+                             "s_neg": st.column_config.NumberColumn(format="%.3f"),
+                             "delta": st.column_config.NumberColumn(format="%+.3f"),
+                             "snippet": st.column_config.TextColumn("text", width="large")})
+
+
+def _below() -> None:
+    """Guidelines and the annotator's last verdicts: drawn only when opened (outside the item's fragment)."""
+    with st.expander("Guidelines", icon=":material/menu_book:", key="exp_guidelines", on_change="rerun") as box:
+        if box.open:
+            text = get_guidelines(con)
+            if text.strip():
+                st.markdown(safe_markdown(text))
+            else:
+                st.caption("No guidelines yet: a lead sets them on the Team page.")
+    with st.expander("Your last 20 verdicts (change one here)", icon=":material/history:", key="exp_history",
+                     on_change="rerun") as box:
+        if box.open:
+            rows = recent_verdicts(con, user.name, 20)
+            if not rows:
+                st.caption("No verdicts yet.")
+            else:
+                key = f"hist_{ss.get('hist_gen', 0)}"
+                df = pd.DataFrame([{**r, "verdict": VERDICT_LABELS.get(r["verdict"], r["verdict"])} for r in rows])
+                st.data_editor(
+                    df[["when", "query_id", "doc_id", "verdict", "note"]], key=key, hide_index=True,
+                    width="stretch", disabled=["when", "query_id", "doc_id", "note"],
+                    column_config={"verdict": st.column_config.SelectboxColumn(
+                        "verdict", options=list(VERDICT_LABELS.values()), required=True)},
+                    on_change=_history_edit, args=(key, rows),
+                )
+
+
+item_area()
+_below()

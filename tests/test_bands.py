@@ -254,3 +254,18 @@ def test_histogram_counts_match_numpy(store):
     assert bands.histogram(store, "weight", M, bins=5)["n"] == 500
     with pytest.raises(ValueError, match="cannot histogram"):
         bands.histogram(store, "text; DROP TABLE scores", M)
+
+
+def test_the_plain_words_name_exactly_the_active_rules():
+    everything = BandConfig(absolute_margin=0.02, absolute_cap=0.9, consensus_rank=3, easy_rank=40)
+    off = BandConfig(near_duplicate=None, use_cross_encoder=False, relative_margin=None, top_rank=None)
+    for cfg in (BandConfig(), everything, off):
+        rule_sql = bands.band_sql(cfg)[0]
+        words = bands.band_definitions(cfg)["suspicious"]
+        for rule in bands.SUSPICION_RULES:
+            assert (f"'{rule.name}'" in rule_sql) == rule.active(cfg), rule.name
+            assert not rule.active(cfg) or rule.words(cfg) in words, rule.name
+        assert words.count(";") == sum(r.active(cfg) for r in bands.SUSPICION_RULES) - 1
+    assert "within 0.020 of the labeled positive" in bands.band_definitions(everything)["suspicious"]
+    assert bands.band_definitions(off)["suspicious"].count(";") == 0  # the inversion alone
+    assert "ranked beyond 40" in bands.band_definitions(everything)["too_easy"]

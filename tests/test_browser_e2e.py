@@ -1,8 +1,10 @@
 """End to end in a real browser: `streamlit run app.py` on a loopback port, Debian chromium driven by Playwright.
 
-An annotator signs in by name, reviews items of the mined Cranfield sample with the keyboard (F, T, U), undoes the
-last one (Z), and the store is checked afterwards. Data text containing HTML and Markdown must show as text. The test
-saves a screenshot of each page to docs/ (shown in the README).
+A store with accounts (an admin, a lead, two annotators) serves the team: an anonymous visitor sees only the sign-in
+form on every URL; each role sees its pages; an annotator reviews with the keyboard at 1366x768 (layout checked by
+element positions), two keys 60 ms apart judge one item, the first key after sign-in counts, keys never type into
+a field after Esc, a reload keeps the identity and the skips; two annotators in two browser contexts never get the
+same item. Data text containing HTML and Markdown must show as text. The tests save the screenshots in docs/.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -29,6 +31,11 @@ CHROMIUM_FLAGS = [
     "--disable-sync", "--no-first-run", "--disable-quic",
 ]
 EVIL = '<script>window.__pwned = 1</script> **bold** <img src=x onerror="window.__pwned = 2">'
+PASSWORD = "team-password-1"
+USERS = {"ada": "admin", "lee": "lead", "ann": "annotator", "bob": "annotator"}
+#: URL of each page (st.Page's url_path from the file name; the default page is the root).
+URLS = {"review": "", "histograms": "histograms", "load": "load", "export": "export", "team": "team"}
+ITEM = "[data-review-item]"
 
 pytestmark = [
     pytest.mark.browser,
@@ -45,15 +52,18 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(tmp_path, mined_cranfield_path):
-    """A copy of the mined sample with HTML/Markdown planted in the first queue item, served by `streamlit run`."""
-    from auditor import review
+    """A copy of the mined sample with accounts, HTML/Markdown planted in the first queue items, served by
+    `streamlit run`. ``stop()`` ends it (the store is one process's file: read it after)."""
+    from auditor import accounts, review
     from auditor.store import open_store
 
     db = copy_store(mined_cranfield_path, tmp_path / "e2e.duckdb")
     con = open_store(db)
-    queue = review.build_queue(con, annotator="e2e", limit=3)
-    items = list(zip(queue["query_id"], queue["doc_id"]))
-    con.execute("UPDATE documents SET text = text || ' ' || ? WHERE doc_id = ?", [EVIL, items[0][1]])
+    for name, role in USERS.items():
+        accounts.add_user(con, name, role, password=PASSWORD)
+    head = review.build_queue(con, limit=12)
+    for doc_id in head["doc_id"]:
+        con.execute("UPDATE documents SET text = text || ' ' || ? WHERE doc_id = ?", [EVIL, doc_id])
     con.close()
 
     port = _free_port()
@@ -75,116 +85,283 @@ def server(tmp_path, mined_cranfield_path):
             proc.kill()
             raise RuntimeError(f"streamlit did not start:\n{(tmp_path / 'streamlit.log').read_text()}")
         time.sleep(0.2)
-    yield {"url": url, "db": db, "items": items, "proc": proc}
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(timeout=20)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=20)
+
+    yield {"url": url, "db": db, "stop": stop}
+    stop()
     log.close()
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(timeout=20)
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
+        yield b
+        b.close()
 
 
-def test_review_by_keyboard_undo_and_screenshots(server):
-    from playwright.sync_api import expect, sync_playwright
+#: Logged in every page: each verdict key's time, and when each item (its marker, drawn after its buttons) appeared.
+LOG_JS = """
+window.__keys = []; window.__shown = []; window.__last = null;
+document.addEventListener('keydown', (e) => window.__keys.push({key: e.key, t: performance.now()}), true);
+new MutationObserver(() => {
+  const el = document.querySelector('[data-review-item]');
+  const id = el ? el.getAttribute('data-review-item') : null;
+  if (id && id !== window.__last) { window.__last = id; window.__shown.push({id: id, t: performance.now()}); }
+}).observe(document, {subtree: true, childList: true, attributes: true});
+"""
 
-    url, items = server["url"], server["items"]
-    DOCS.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            profile, executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True,
-            viewport={"width": 1440, "height": 1100},
-        )
-        page = browser.new_page()
-        page.set_default_timeout(30_000)
 
-        # A first request straight to a page's URL gets the app's navigation, not a bare page script.
-        page.goto(f"{url}/histograms")
-        expect(page.get_by_text("With these thresholds")).to_be_visible()
-        nav = page.get_by_test_id("stSidebarNav")
-        expect(nav.get_by_text("Histograms & bands")).to_be_visible()
-        expect(nav.get_by_text("common")).to_have_count(0)
-        page.wait_for_selector(".js-plotly-plot")
-        page.wait_for_timeout(800)  # let Plotly finish drawing
-        page.screenshot(path=str(DOCS / "histograms.png"))
+def _expected_verdicts(page, keys: str) -> list[tuple[str, str, str]]:
+    """What the spec allows for the verdict keys pressed: each key judges the item on screen when it went down,
+    unless an earlier key already judged that item (then it was pressed before the next item was drawn)."""
+    verdict = {"f": "false_negative", "t": "true_negative", "u": "unsure"}
+    log = page.evaluate("({keys: window.__keys, shown: window.__shown})")
+    out, judged = [], set()
+    for k in [k for k in log["keys"] if k["key"] in keys]:
+        on_screen = [s["id"] for s in log["shown"] if s["t"] <= k["t"]][-1]
+        if on_screen not in judged:
+            judged.add(on_screen)
+            out.append((*_ids(on_screen), verdict[k["key"]]))
+    return out
 
-        # Review: sign in by name, then keys only.
-        page.goto(url)
-        page.get_by_label("Your name").fill("e2e")
-        page.get_by_role("button", name="Start reviewing").click()
 
-        def shows(item: tuple[str, str]) -> None:
-            expect(page.get_by_text(f"{item[1]} · found by", exact=False)).to_be_visible()
-            expect(page.get_by_text(f"Query · {item[0]}", exact=True)).to_be_visible()
+@contextmanager
+def _page(browser, width: int = 1366, height: int = 768):
+    context = browser.new_context(viewport={"width": width, "height": height})
+    context.add_init_script(LOG_JS)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield page
+    finally:
+        context.close()
 
-        shows(items[0])
-        # the planted HTML / Markdown is shown as text and never runs
-        expect(page.get_by_text("**bold**", exact=False)).to_be_visible()
+
+def _sign_in(page, url: str, name: str, *, enter: bool = False) -> None:
+    page.goto(url)
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    if enter:
+        page.get_by_label("Password", exact=True).press("Enter")
+    else:
+        page.get_by_role("button", name="Sign in").click()
+
+
+def _item(page) -> str:
+    """The item on screen, as the page marks it: "query/doc#serial"."""
+    page.wait_for_selector(ITEM, state="attached")
+    return page.locator(ITEM).get_attribute("data-review-item")
+
+
+def _next_item(page, before: str) -> str:
+    page.wait_for_function(
+        "b => { const e = document.querySelector('[data-review-item]'); "
+        "return e && e.getAttribute('data-review-item') !== b; }", arg=before)
+    return _item(page)
+
+
+def _ids(marker: str) -> tuple[str, str]:
+    q, d = marker.rsplit("#", 1)[0].split("/", 1)
+    return q, d
+
+
+def _verdicts(db: Path) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute("SELECT query_id, doc_id, verdict, annotator, note FROM verdicts ORDER BY event_id").fetchall()
+    finally:
+        con.close()
+
+
+def test_anonymous_visitors_see_only_the_sign_in_form_and_roles_see_their_pages(server, browser):
+    url = server["url"]
+    with _page(browser) as page:
+        for name, path in URLS.items():
+            page.goto(f"{url}/{path}")
+            page.get_by_label("Password", exact=True).wait_for()
+            assert page.get_by_role("button", name="Sign in").is_visible(), name
+            page.wait_for_timeout(300)  # Streamlit's "Page not found" dialog comes up after the page
+            assert page.get_by_text("Page not found").count() == 0, name
+            assert page.get_by_test_id("stSidebarNav").count() == 0  # no navigation, no page names
+            assert page.locator(ITEM).count() == 0 and page.locator(".js-plotly-plot").count() == 0
+            assert page.get_by_text("What the bands mean").count() == 0 and page.locator("input[type=file]").count() == 0
+        DOCS.mkdir(exist_ok=True)
+        page.screenshot(path=str(DOCS / "signin.png"))
+    expect = {"ann": {"Review"}, "lee": {"Review", "Histograms & bands", "Export", "Team"},
+              "ada": {"Review", "Histograms & bands", "Load data", "Export", "Team"}}
+    titles = {"histograms": "Histograms & bands", "load": "Load data", "export": "Export", "team": "Team"}
+    for name, pages in expect.items():
+        with _page(browser) as page:
+            _sign_in(page, url, name)
+            _item(page)
+            nav = page.get_by_test_id("stSidebarNav")
+            shown = {t.strip().split("\n")[-1] for t in nav.locator("a").all_inner_texts()}  # icon, then title
+            assert shown == (pages if len(pages) > 1 else set()), name  # one page: Streamlit shows no menu
+            for path, title in titles.items():  # typing another page's URL
+                page.goto(f"{url}/{path}")
+                page.wait_for_selector(ITEM if title not in pages else "h1", state="attached")
+                has = page.get_by_role("heading", name=title, exact=True).count() > 0
+                assert has == (title in pages), (name, path)
+
+
+def test_review_by_keyboard_at_1366x768(server, browser):
+    url, db = server["url"], server["db"]
+    with _page(browser) as page:
+        _sign_in(page, url, "ann", enter=True)  # Enter in the password field, then straight to the keys
+        first = _item(page)
+        page.keyboard.press("f")  # the first key after sign-in counts
+        second = _next_item(page, first)
+
+        # layout: query, positive and candidate side by side above the fold, verdict buttons visible
+        boxes = {k: page.locator(f"[data-box={k}]").bounding_box() for k in ("query", "positive", "candidate")}
+        for kind, box in boxes.items():
+            assert box is not None and box["y"] >= 0 and box["y"] + 60 < 768, kind  # its head and text on screen
+        pos, cand = boxes["positive"], boxes["candidate"]
+        assert abs(pos["y"] - cand["y"]) < 2 and pos["x"] + pos["width"] <= cand["x"]  # side by side
+        assert boxes["query"]["y"] + boxes["query"]["height"] <= pos["y"]
+        for label in ("Relevant — a false negative", "Not relevant", "Unsure", "Skip", "Undo"):
+            b = page.get_by_role("button", name=label).bounding_box()
+            assert b is not None and b["y"] + b["height"] <= 768, label
+
+        # data text with HTML and Markdown is shown as text and never runs
         assert page.evaluate("window.__pwned") is None
-        assert page.locator("strong", has_text="bold").count() == 0
-
-        page.evaluate("document.activeElement && document.activeElement.blur()")  # keys go to the page
-        page.keyboard.press("f")
-        shows(items[1])
-        page.keyboard.press("t")
-        shows(items[2])
-        page.keyboard.press("u")
-        expect(page.get_by_text(f"{items[2][1]} · found by", exact=False)).to_have_count(0)
-        page.keyboard.press("z")  # undo the "unsure": the item comes back
-        shows(items[2])
-        expect(page.get_by_text("2 by you")).to_be_visible()
-        page.mouse.move(5, 1000)
-        expect(page.get_by_test_id("stToast")).to_have_count(0, timeout=10_000)
+        assert page.locator("[data-box=candidate] strong").count() == 0
+        page.wait_for_timeout(500)
         page.screenshot(path=str(DOCS / "review.png"))
 
-        page.get_by_test_id("stSidebarNav").get_by_text("Load data").click()
-        expect(page.get_by_text("1 · Ingest")).to_be_visible()
-        expect(page.get_by_test_id("stFileUploaderDropzone")).to_be_visible()
-        expect(page.get_by_label("Candidates per query")).to_be_visible()
-        # upload a real FlagEmbedding file through the browser and ingest it
-        page.locator("input[type=file]").set_input_files(str(MSMARCO))
-        expect(page.get_by_text("train.jsonl", exact=False).first).to_be_visible()
-        page.get_by_role("button", name="Ingest upload").click()
-        expect(page.get_by_text("new candidates:       250", exact=False)).to_be_visible()
-        page.wait_for_timeout(500)
-        page.screenshot(path=str(DOCS / "load.png"))
+        # two keys 60 ms apart, then two at once: every verdict on the item on screen when its key went down; a key
+        # pressed before the next item was drawn does nothing (on a fast machine the next item can be drawn within
+        # 60 ms, and then the second key judges it; two keys at once always share one screen)
+        page.evaluate("window.__keys = []")
+        page.keyboard.press("t")
+        page.wait_for_timeout(60)
+        page.keyboard.press("u")
+        third = _next_item(page, second)
+        page.wait_for_timeout(1500)  # anything the second key could still do has happened by now
+        page.keyboard.press("t")
+        page.keyboard.press("u")  # a few milliseconds later: the same screen
+        page.wait_for_timeout(1500)
+        quick = _expected_verdicts(page, "tu")
+        assert quick[0] == (*_ids(second), "true_negative") and len(quick) in (2, 3)
+        third = _item(page)
 
-        page.get_by_test_id("stSidebarNav").get_by_text("Export").click()
-        page.set_viewport_size({"width": 1440, "height": 1500})
+        # keys do not type into a field after Esc; the note goes with the next verdict
+        page.get_by_placeholder("Note (optional)").click()
+        page.keyboard.type("fu")  # inside the field: text, not verdicts
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(300)
+        assert _item(page) == third
+        page.keyboard.press("t")
+        fourth = _next_item(page, third)
+        page.keyboard.press("z")  # undo brings the item back
+        assert _ids(_next_item(page, fourth)) == _ids(third)
+    server["stop"]()
+    events = _verdicts(db)
+    expected = [(*_ids(first), "false_negative"), *quick, (*_ids(third), "true_negative")]
+    assert [(q, d, v) for q, d, v, a, _ in events[:-1]] == expected  # nothing else was judged
+    assert {a for *_, a, _ in events} == {"ann"}
+    assert events[-2][4] == "fu" and events[-1][2] == "undo"
+
+
+def test_reload_keeps_the_annotator_signed_in_with_the_skips(server, browser):
+    url, db = server["url"], server["db"]
+    with _page(browser) as page:
+        _sign_in(page, url, "bob")
+        first = _item(page)
+        page.keyboard.press("s")  # skip
+        second = _next_item(page, first)
+        page.reload()
+        assert page.get_by_label("Password", exact=True).count() == 0
+        assert _ids(_item(page)) == _ids(second)  # the same held item, the skipped one still out
+        page.keyboard.press("t")
+        _next_item(page, _item(page))
+        page.get_by_test_id("stSidebar").get_by_role("button", name="Sign out").click()
+        page.get_by_label("Password", exact=True).wait_for()
+        page.reload()
+        page.get_by_label("Password", exact=True).wait_for()  # signed out stays signed out
+    server["stop"]()
+    assert [(q, d, a) for q, d, _, a, _ in _verdicts(db)] == [(*_ids(second), "bob")]
+
+
+def test_two_annotators_in_two_browsers_never_get_the_same_item(server, browser):
+    url, db = server["url"], server["db"]
+    shown: dict[str, list[tuple[str, str]]] = {"ann": [], "bob": []}
+    with _page(browser) as a, _page(browser) as b:
+        pages = {"ann": a, "bob": b}
+        for name, page in pages.items():
+            _sign_in(page, url, name)
+        current = {name: _item(page) for name, page in pages.items()}
+        for _ in range(6):
+            for name, page in pages.items():
+                shown[name].append(_ids(current[name]))
+                page.keyboard.press("t")
+            for name, page in pages.items():
+                current[name] = _next_item(page, current[name])
+    assert not set(shown["ann"]) & set(shown["bob"])
+    server["stop"]()
+    judged = [(q, d) for q, d, *_ in _verdicts(db)]
+    assert len(judged) == 12 and len(set(judged)) == 12
+
+
+def test_lead_and_admin_pages_and_screenshots(server, browser):
+    url = server["url"]
+    with _page(browser, 1440, 1100) as page:
+        _sign_in(page, url, "lee")
+        _item(page)
+        page.goto(f"{url}/histograms")
+        page.get_by_text("What the bands mean", exact=False).wait_for()
+        page.wait_for_selector(".js-plotly-plot")
+        page.get_by_role("tab", name="Ratio").click()
+        page.get_by_text("Ratio to the positive").first.wait_for()
+        page.wait_for_timeout(800)
+        assert page.get_by_text("95.0% of the positive").count() > 0  # the default relative margin, drawn
+        page.get_by_role("tab", name="Scores").click()
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(DOCS / "histograms.png"))
+
+        page.goto(f"{url}/team")
+        page.get_by_text("Review guidelines").wait_for()
+        page.get_by_role("textbox").first.fill("**Relevant** means the passage answers the query.")
+        page.get_by_role("button", name="Save guidelines").click()
+        page.get_by_text("annotators see these guidelines now").wait_for()
+        page.screenshot(path=str(DOCS / "team.png"))
+
+        page.goto(f"{url}/export")
         page.get_by_role("button", name="Prepare export").click()
-        expect(page.get_by_text("Download JSONL")).to_be_visible()
-        expect(page.get_by_text("False negatives per band", exact=False)).to_be_visible()
+        page.get_by_role("button", name="Download JSONL").or_(page.get_by_text("Download", exact=False)).first.wait_for()
+        page.get_by_role("button", name="Prepare the HTML report").click()
+        page.get_by_role("button", name="Download the HTML report").wait_for()
+        page.set_viewport_size({"width": 1440, "height": 1500})
         page.mouse.move(5, 1400)
         page.wait_for_timeout(500)
         page.screenshot(path=str(DOCS / "export.png"))
-        browser.close()
 
-    _stop(server["proc"])  # the store is one process's file while the app runs; check it after
-    con = duckdb.connect(str(server["db"]), read_only=True)
-    events = con.execute(
-        "SELECT query_id, doc_id, verdict, annotator, queue_mode FROM verdicts ORDER BY event_id"
-    ).fetchall()
-    current = con.execute("SELECT query_id, doc_id, verdict FROM current_verdicts ORDER BY event_id").fetchall()
-    uploaded = con.execute("SELECT count(*) FROM queries WHERE dataset = 'train'").fetchone()[0]
-    con.close()
-    assert uploaded == 10  # the 10 MS MARCO queries uploaded through the Load page
-    assert events == [
-        (*items[0], "false_negative", "e2e", "export"),
-        (*items[1], "true_negative", "e2e", "export"),
-        (*items[2], "unsure", "e2e", "export"),
-        (*items[2], "undo", "e2e", None),
-    ]
-    assert current == [(*items[0], "false_negative"), (*items[1], "true_negative")]
-    for name in ("review", "histograms", "load", "export"):
-        assert (DOCS / f"{name}.png").stat().st_size > 20_000
+    with _page(browser, 1440, 1100) as page:
+        _sign_in(page, url, "ada")
+        _item(page)
+        page.goto(f"{url}/load")
+        page.get_by_text("1 · Ingest").wait_for()
+        page.locator("input[type=file]").set_input_files(str(MSMARCO))
+        page.get_by_text("train.jsonl", exact=False).first.wait_for()
+        page.get_by_role("button", name="Ingest upload").click()
+        page.get_by_text("new candidates:       250", exact=False).wait_for()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(DOCS / "load.png"))
+    for name in ("review", "histograms", "load", "export", "signin", "team"):
+        assert (DOCS / f"{name}.png").stat().st_size > 15_000
 
 
-def test_report_opens_offline_in_the_browser(tmp_path, mined_cranfield_path):
+def test_report_opens_offline_in_the_browser(tmp_path, mined_cranfield_path, browser):
     """`auditor stats --report` writes one self-contained file: it renders its Plotly figures with no network."""
-    from playwright.sync_api import sync_playwright
-
     from auditor import review
     from auditor.store import open_store
 
@@ -194,24 +371,26 @@ def test_report_opens_offline_in_the_browser(tmp_path, mined_cranfield_path):
     for i, (q, d) in enumerate(zip(queue["query_id"], queue["doc_id"])):
         review.record_verdict(con, query_id=q, doc_id=d, annotator="lead",
                               verdict="false_negative" if i % 2 else "true_negative", queue_mode="risk")
+    con.execute("INSERT INTO candidates (query_id, doc_id, source) SELECT query_id, doc_id, "
+                "'<a href=\"http://example.com\">evil</a>' FROM candidates LIMIT 1")
     con.close()
     report = tmp_path / "report.html"
     out = subprocess.run([sys.executable, "-m", "auditor", "stats", "--db", str(db), "--report", str(report)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            profile, executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True, offline=True,
-        )
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        requests: list[str] = []
-        page.on("request", lambda req: requests.append(req.url))
-        page.goto(report.as_uri())
-        page.wait_for_selector(".js-plotly-plot")
-        assert page.locator(".js-plotly-plot").count() >= 3
-        assert page.get_by_text("false negative", exact=False).count() > 0
-        browser.close()
+    context = browser.new_context(offline=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    requests: list[str] = []
+    page.on("request", lambda req: requests.append(req.url))
+    page.goto(report.as_uri())
+    page.wait_for_selector(".js-plotly-plot")
+    assert page.locator(".js-plotly-plot").count() >= 3
+    assert page.get_by_text("false negative", exact=False).count() > 0
+    # a source name is text, not a link (Plotly turns <a href> in a label into one)
+    assert page.locator('.js-plotly-plot a[href="http://example.com"]').count() == 0
+    assert page.locator(".js-plotly-plot text", has_text='<a href="http://example.com">evil</a>').count() > 0
+    context.close()
     assert errors == []
     assert all(u.startswith("file:") or u.startswith("data:") for u in requests), requests

@@ -62,26 +62,69 @@ def test_threads_writing_verdicts_through_one_shared_store_lose_nothing(handbuil
     store.close()
 
 
-def test_two_app_sessions_judging_the_same_item_keep_both_verdicts(monkeypatch, handbuilt_store_path):
+def _session(name: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["queue_mode"] = "risk"  # the hand-built store has no risk rows: band-and-delta order
+    return at
+
+
+def _sign_in(at: AppTest, name: str) -> AppTest:
+    at.run()
+    at.text_input(key="signin_name").input(name)
+    at.text_input(key="signin_password").input("long-enough-pw")
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _press(at: AppTest, action: str) -> None:
+    at.button(key=f"v_{action}_{at.session_state['_worklist'].serial}").click().run()
+    assert not at.exception, at.exception
+
+
+def _add_users(db, *names: str) -> None:
+    from auditor import accounts
+    from auditor.store import open_store
+
+    con = open_store(db)
+    for name in names:
+        accounts.add_user(con, name, "annotator", password="long-enough-pw")
+    con.close()
+
+
+def test_two_app_sessions_get_different_items(monkeypatch, handbuilt_store_path):
+    _add_users(handbuilt_store_path, "ada", "grace")
     monkeypatch.setenv("AUDITOR_DB", str(handbuilt_store_path))
-    sessions = {}
-    for name in ("ada", "grace"):
-        at = AppTest.from_file(APP, default_timeout=60)
-        at.session_state["annotator"] = name
-        at.session_state["queue_mode"] = "risk"  # the hand-built store has no risk rows: band-and-delta order
-        sessions[name] = at.run()
-        assert at.session_state["current"]["doc_id"] == HANDBUILT_RISK_ORDER[0][1]  # both see the same first item
+    ada, grace = _sign_in(_session("ada"), "ada"), _sign_in(_session("grace"), "grace")
+    a, g = ada.session_state["_worklist"].current_key(), grace.session_state["_worklist"].current_key()
+    assert a == HANDBUILT_RISK_ORDER[0] and g != a  # ada holds the first item: grace is given another one
+    _press(ada, "false_negative")
+    _press(grace, "true_negative")
+    con = duckdb.connect(str(handbuilt_store_path))
+    rows = con.execute("SELECT annotator, query_id, doc_id, verdict FROM current_verdicts ORDER BY event_id").fetchall()
+    con.close()
+    assert rows == [("ada", *a, "false_negative"), ("grace", *g, "true_negative")]
+
+
+def test_two_app_sessions_judging_a_routed_item_keep_both_verdicts(monkeypatch, handbuilt_store_path):
+    _add_users(handbuilt_store_path, "ada", "grace")
+    monkeypatch.setenv("AUDITOR_DB", str(handbuilt_store_path))
+    monkeypatch.setenv("AUDITOR_DOUBLE_ANNOTATION", "1")  # every item goes to two annotators
+    ada, grace = _sign_in(_session("ada"), "ada"), _sign_in(_session("grace"), "grace")
+    for at in (ada, grace):  # both hold the same first item, on purpose
+        assert at.session_state["_worklist"].current_key() == HANDBUILT_RISK_ORDER[0]
     # interleaved: both answer the item they were shown, differently, then each goes on
-    sessions["ada"].button(key="v_fn").click().run()
-    sessions["grace"].button(key="v_tn").click().run()
-    sessions["grace"].button(key="v_un").click().run()
-    sessions["ada"].button(key="v_undo").click().run()
+    _press(ada, "false_negative")
+    _press(grace, "true_negative")
+    _press(grace, "unsure")
+    _press(ada, "undo")
     con = duckdb.connect(str(handbuilt_store_path))
     rows = con.execute("SELECT annotator, query_id, doc_id, verdict FROM current_verdicts ORDER BY event_id").fetchall()
     con.close()
     first, second = HANDBUILT_RISK_ORDER[0], HANDBUILT_RISK_ORDER[1]
     # grace's two verdicts stand; ada's verdict was undone by ada, without touching grace's on the same item
     assert rows == [("grace", *first, "true_negative"), ("grace", *second, "unsure")]
+    assert ada.session_state["_worklist"].current_key() == first  # ada's undone item is back on her screen
 
 
 def test_concurrent_undos_of_one_annotator_take_back_distinct_verdicts(handbuilt_store_path):

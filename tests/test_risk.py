@@ -138,6 +138,35 @@ def test_background_refit_runs_after_enough_verdicts_and_warms_the_queue(tmp_pat
     store.close()
 
 
+def test_after_a_refit_a_caller_gets_the_new_order_unless_it_accepts_the_old_one(tmp_path, planted_cranfield):
+    store = SharedStore(copy_store(planted_cranfield["path"], tmp_path / "stale.duckdb"))
+    con = store.cursor()
+    key = set(read_answer_key(planted_cranfield["answer_key"]))
+
+    def top(cur, limit=20, **kw):
+        df = queue.build_queue(cur, mode="risk", limit=limit, **kw)
+        return {(q, d): p for q, d, p in df[["query_id", "doc_id", "p_fn"]].itertuples(index=False)}
+
+    def stored(items):
+        return {(q, d): con.execute("SELECT p_fn FROM risk WHERE model = ? AND query_id = ? AND doc_id = ?",
+                                    [M, q, d]).fetchall()[0][0] for q, d in items}
+
+    _judge(con, list(top(con)), key)
+    risk.fit(con, M)
+    first = list(top(con, limit=40).items())  # the queue's table at this fit
+    _judge(con, [k for k, _ in first[:20]], key)
+    risk.fit(con, M)  # a new fit: new P for every candidate
+    cur = con.cursor()  # a command's own connection, closed right after its answer
+    fresh = list(top(cur, limit=40).items())
+    cur.close()
+    assert dict(fresh) == stored(dict(fresh))  # a command is answered by the fit in force
+    _judge(con, [k for k, _ in fresh[:20]], key)
+    risk.fit(con, M)
+    stale = top(con, stale_ok=True)  # the app's worklist: the previous order at once, the new one built behind it
+    assert stale == dict(fresh[20:]) and stale != stored(stale)
+    store.close()
+
+
 # ---- export-aware queue --------------------------------------------------------------------------------------------
 
 

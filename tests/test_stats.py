@@ -91,8 +91,11 @@ def test_compute_stats_verdict_figures(reviewed):
     assert per_source == {"bm25": (2, 1), "dense": (4, 3)}
     only = {r["only_source"]: (r["judged"], r["false_negative"]) for r in v["only_in_one_source"]}
     assert only == {"bm25": (1, 0), "dense": (3, 2)}
-    # pairs (fn, fn), (tn, tn), (fn, unsure): p_o = 2/3, p_e = 2/3*1/3 + 1/3*1/3 = 1/3 -> kappa 0.5
-    assert v["agreement"]["items"] == 3 and v["agreement"]["kappa"] == pytest.approx(0.5)
+    # nothing was routed to double annotation (share 0): the overlaps are accidents and give no kappa
+    assert v["agreement"]["items"] == 0 and v["agreement"]["kappa"] is None
+    # with every item routed: pairs (fn, fn), (tn, tn), (fn, unsure): p_o = 2/3, p_e = 2/3*1/3 + 1/3*1/3 = 1/3
+    routed = stats.compute_stats(reviewed, negatives=3, double_annotation=1.0)["verdicts"]["agreement"]
+    assert routed["items"] == 3 and routed["kappa"] == pytest.approx(0.5)
     assert v["items_reviewed"] == 5 and v["annotators"] == 2
 
 
@@ -128,7 +131,7 @@ def test_report_is_self_contained_and_escapes_data(reviewed, tmp_path):
     reviewed.execute(
         "INSERT INTO candidates (query_id, doc_id, source) VALUES ('q1', 'n3', '<script>alert(1)</script>')"
     )
-    st = stats.compute_stats(reviewed)
+    st = stats.compute_stats(reviewed, double_annotation=1.0)  # every item routed to two: the report shows kappa
     out = write_report(st, tmp_path / "r.html")
     html_text = out.read_text(encoding="utf-8")
     assert "<script>alert(1)" not in html_text

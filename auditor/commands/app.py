@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,12 +19,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Start the web app (review queue, histograms and bands, load, export) on a store. Without --db it opens "
             "the sample store, building it from the shipped Cranfield sample on first start (ingest, mine with the "
-            "default model, bands: about a minute on two CPU cores). Streamlit options go after `--`, e.g. "
-            "`auditor app --db x.duckdb -- --server.port 8502 --server.address 0.0.0.0`; STREAMLIT_* environment "
-            "variables work as well. Only this process may write the store while the app runs."
+            "default model, bands: about a minute on two CPU cores).\n\n"
+            "Who may use it: without accounts the app is a local single-user tool. It listens on 127.0.0.1 only "
+            "(this computer), the person who started it can do everything, and --host with any other address is "
+            "refused. Once the store has an account (`auditor users add NAME --role annotator|lead|admin "
+            "--password-stdin --db FILE`), every page asks to sign in and shows what the role allows: an annotator "
+            "reviews; a lead also tunes and saves bands, exports and sets the review guidelines; an admin also "
+            "loads data (server paths only inside --data-root) and manages accounts. Then --host 0.0.0.0 (or an "
+            "interface's address) serves a team; put it behind HTTPS (a reverse proxy) when the network is not "
+            "trusted.\n\n"
+            "Streamlit options go after `--`, e.g. `auditor app --db x.duckdb -- --server.port 8502`. Only this "
+            "process may write the store while the app runs; stopping it (Ctrl-C, SIGTERM) stops Streamlit too."
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--db", help="store file (default: the sample store, built on first start)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1, this computer only; any other needs accounts)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8501)")
+    p.add_argument("--data-root", metavar="DIR",
+                   help="the only folder whose files admins may load by server path (default: the shipped data/)")
     p.add_argument("--double-annotation", type=float, metavar="SHARE",
                    help="share of review items routed to a second annotator for agreement (default 0)")
     p.add_argument(
@@ -44,11 +61,44 @@ def app_script() -> Path:
     return script
 
 
-def streamlit_command(script: Path, extra: list[str]) -> list[str]:
+def streamlit_command(script: Path, extra: list[str], host: str | None = None, port: int | None = None) -> list[str]:
     """The `streamlit run` command line, with the user's Streamlit options passed through unchanged."""
     if extra and extra[0] == "--":
         extra = extra[1:]
-    return [sys.executable, "-m", "streamlit", "run", str(script), *extra]
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script)]
+    if host is not None:
+        cmd += ["--server.address", host]
+    if port is not None:
+        cmd += ["--server.port", str(port)]
+    return [*cmd, *extra]
+
+
+def _is_loopback(address: str) -> bool:
+    address = address.strip().strip("[]")
+    return address in LOOPBACK or address.startswith("127.")
+
+
+def listen_address(host: str, extra: list[str]) -> str:
+    """The address Streamlit will listen on: a --server.address among the pass-through options wins over --host,
+    and STREAMLIT_SERVER_ADDRESS over both (Streamlit's own precedence)."""
+    address = host
+    for i, arg in enumerate(extra):
+        if arg == "--server.address" and i + 1 < len(extra):
+            address = extra[i + 1]
+        elif arg.startswith("--server.address="):
+            address = arg.split("=", 1)[1]
+    return os.environ.get("STREAMLIT_SERVER_ADDRESS") or address
+
+
+def _has_accounts(db: Path) -> bool:
+    from auditor.accounts import has_accounts
+    from auditor.store import open_store
+
+    con = open_store(db, read_only=True)
+    try:
+        return has_accounts(con)
+    finally:
+        con.close()
 
 
 def run_app(args: argparse.Namespace) -> int:
@@ -58,6 +108,8 @@ def run_app(args: argparse.Namespace) -> int:
     script = app_script()
     if args.double_annotation is not None and not 0 <= args.double_annotation <= 1:
         raise UserError("--double-annotation is a share between 0 and 1")
+    extra = list(args.streamlit_args or [])
+    address = listen_address(args.host, extra)
     if args.db:
         db = Path(args.db).expanduser().resolve()
         if not db.exists():
@@ -65,17 +117,57 @@ def run_app(args: argparse.Namespace) -> int:
                             "open the sample store)")
     else:
         db = Path(config.DEFAULT_APP_DB).expanduser().resolve()
-        if not db.exists():
-            _build_sample(db)
+    team = db.exists() and _has_accounts(db)
+    if not _is_loopback(address) and not team:
+        raise UserError(
+            f"refusing to listen on {address}: this store has no accounts, so anyone who reaches the port could "
+            "load, relabel and download the data. Add accounts first (`auditor users add NAME --role admin "
+            "--password-stdin --db FILE`), or leave --host at 127.0.0.1 (this computer only)."
+        )
+    if not db.exists():
+        _build_sample(db)
     env = dict(os.environ, AUDITOR_DB=str(db))
     if args.double_annotation is not None:
         env["AUDITOR_DOUBLE_ANNOTATION"] = str(args.double_annotation)
-    cmd = streamlit_command(script, list(args.streamlit_args or []))
-    print(f"auditor app on {db}", file=sys.stderr)
+    if args.data_root:
+        root = Path(args.data_root).expanduser().resolve()
+        if not root.is_dir():
+            raise UserError(f"--data-root {root} is not a folder")
+        env["AUDITOR_DATA_ROOT"] = str(root)
+    cmd = streamlit_command(script, extra, host=args.host, port=args.port)
+    who = ("accounts: every page asks to sign in" if team
+           else "no accounts: a local single-user app, this computer only")
+    print(f"auditor app on {db}, listening on {address} ({who})", file=sys.stderr)
+    return _run_forwarding_signals(cmd, env, cwd=script.parent)
+
+
+def _run_forwarding_signals(cmd: list[str], env: dict[str, str], cwd: Path) -> int:
+    """Run Streamlit as a child in its own session; SIGTERM and SIGINT sent to this process go on to it, and this
+    process waits until it has stopped (a killed `auditor app` must not leave Streamlit serving the store)."""
+    proc = subprocess.Popen(cmd, env=env, cwd=str(cwd), start_new_session=True)
+
+    def forward(signum, _frame):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return subprocess.call(cmd, env=env, cwd=str(script.parent))
-    except KeyboardInterrupt:
-        return 0
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:  # pragma: no cover - the handler above normally takes SIGINT
+                forward(signal.SIGINT, None)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if proc.poll() is None:  # pragma: no cover - only when waiting itself failed
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
 
 
 def _build_sample(db: Path) -> None:

@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "candidate, highest P(false negative) first. stratified: random per band, with each item's sampling "
             "probability. Items already judged (by ANNOTATOR, or by enough annotators) are left out. With --json, a "
             "JSON array of items carrying query_id, doc_id (the source's ids), band, rule, scores and p_fn, ready "
-            "for an LLM judge whose answers come back through `auditor verdicts import`."
+            "for an LLM judge whose answers come back through `auditor verdicts import`. With --claim, the items "
+            "are leased to ANNOTATOR (default 10 minutes, renewed by every claim): nobody else is given them until "
+            "the lease ends or they are judged, unless an item is routed to double annotation; asking again returns "
+            "the items already held, topped up to --limit. The app uses the same leases."
         ),
     )
     p.add_argument("--db", required=True, help="store file")
@@ -31,7 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="only this band (repeatable)")
     p.add_argument("--source", help="only candidates from this source (e.g. given, or a mining run's name)")
     p.add_argument("--query-id", help="only this query")
-    p.add_argument("--annotator", help="leave out items this annotator has already judged")
+    p.add_argument("--annotator", help="leave out items this annotator has already judged or skipped")
+    p.add_argument("--claim", action="store_true",
+                   help="lease the items to --annotator (opens the store read-write: not while the app runs)")
+    p.add_argument("--release", action="store_true", help="end every lease of --annotator and exit")
+    p.add_argument("--lease-minutes", type=float, default=10.0, help="how long a claim holds its items (default 10)")
     p.add_argument("--band-config", default=None,
                    help="band configuration (default: the export settings' in export mode, else 'default')")
     p.add_argument("--model", help="scorer whose bands to use (default: the latest scored)")
@@ -103,19 +110,37 @@ def run_queue(args: argparse.Namespace) -> int:
 
     if args.limit < 0:
         raise UserError("--limit must be 0 (all) or more")
-    con = open_store(args.db, read_only=True)
+    if (args.claim or args.release) and not args.annotator:
+        raise UserError("--claim and --release need --annotator NAME: leases are held by one annotator")
+    if args.claim and args.limit == 0:
+        raise UserError("--claim needs a --limit of at least 1")
+    if args.lease_minutes <= 0:
+        raise UserError("--lease-minutes must be more than 0")
+    writes = args.claim or args.release
+    con = open_store(args.db, read_only=not writes)
     try:
+        if args.release:
+            from auditor.queue import release
+
+            n = release(con, args.annotator)
+            print(json.dumps({"released": n}) if args.json else f"released {n} held item(s) of {args.annotator}")
+            return 0
         selection = _selection(con, args) if args.mode == "export" else None
         config = selection.config if selection else (args.band_config or "default")
-        df = build_queue(
-            con, mode=args.mode, model=args.model, config=config, bands=args.band, source=args.source,
-            query_id=args.query_id, annotator=args.annotator, limit=args.limit or None, seed=args.seed,
-            double_annotation=args.double_annotation, selection=selection,
-        )
-        items = _records(df)
+        kw = dict(mode=args.mode, model=args.model, config=config, bands=args.band, source=args.source,
+                  query_id=args.query_id, seed=args.seed, double_annotation=args.double_annotation,
+                  selection=selection)
+        if args.claim:
+            from auditor.queue import claim
+
+            items = claim(con, annotator=args.annotator, limit=args.limit, ttl=args.lease_minutes * 60, **kw)
+        else:
+            df = build_queue(con, annotator=args.annotator, limit=args.limit or None, **kw)
+            items = _records(df)
         if args.texts:
             for item in items:
-                ctx = item_context(con, item["query_id"], item["doc_id"], model=args.model, config=config)
+                ctx = item_context(con, item["query_id"], item["doc_id"], model=item.get("model") or args.model,
+                                   config=item.get("config") or config)
                 item["query"] = ctx["query"]
                 item["positives"] = [p["text"] for p in ctx["positives"]]
                 item["text"] = ctx["candidate"]["text"]

@@ -1,0 +1,264 @@
+"""One annotator's review session in the app: the items it holds (leases), the one on screen, and prefetching.
+
+The Review page keeps one :class:`Worklist` per browser session and queue choice. It holds a few items under lease
+(:func:`auditor.queue.claim`), shows the first, and after each verdict shows the next one at once: its context was
+computed in the background while the annotator read the previous item, and the lease that reserves it was taken
+then too. ``serial`` changes whenever the item on screen changes, so an action that names an older serial (a key
+pressed before the new item was drawn) is recognised as stale and ignored.
+
+No Streamlit here (pages/_common.py holds the worklist in the session); everything is thread-safe.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import duckdb
+
+from auditor import queue, review
+from auditor.ui_helpers import positive_marks
+
+Cursor = Callable[[], duckdb.DuckDBPyConnection]
+
+def _lower_priority() -> None:
+    """Prefetch threads yield the CPU to the threads that answer key presses (Linux: nice per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # pragma: no cover - not Linux, or not allowed
+        pass
+
+
+#: Background work of every worklist in the process (prefetching); two threads keep it off the page's path.
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="auditor-prefetch", initializer=_lower_priority)
+
+#: Prefetching starts this long after a page run, once the browser has drawn the item (on a small machine the two
+#: compete for the CPU); an annotator reads an item for longer than this.
+PREFETCH_DELAY_S = 0.3
+
+#: Leases are renewed at most this often by page views (each claim and verdict renews them as well).
+RENEW_EVERY_S = 60.0
+
+
+def _key(item: dict[str, Any]) -> tuple[str, str]:
+    return item["query_id"], item["doc_id"]
+
+
+def load_context(con: duckdb.DuckDBPyConnection, item: dict[str, Any]) -> dict[str, Any]:
+    """What the Review page shows for ``item``: review.item_context plus, per positive, its similarity to the query
+    and to the candidate (which positive is the anchor, which is nearest to the candidate)."""
+    ctx = review.item_context(con, item["query_id"], item["doc_id"], model=item.get("model"),
+                              config=item.get("config") or "default")
+    ctx["marks"] = positive_marks(con, ctx["model"], item["query_id"], item["doc_id"],
+                                  [p["doc_id"] for p in ctx["positives"]])
+    return ctx
+
+
+class Worklist:
+    """Items held for one annotator under one queue choice (``queue_kw`` for :func:`auditor.queue.claim`)."""
+
+    def __init__(self, cursor: Cursor, annotator: str, queue_kw: dict[str, Any], *, batch: int = 5, low: int = 3,
+                 ttl: float = queue.LEASE_SECONDS, key: Any = None,
+                 after_verdicts: Callable[[duckdb.DuckDBPyConnection, str], None] | None = None,
+                 progress: Callable[[duckdb.DuckDBPyConnection, str, str], Any] | None = None) -> None:
+        self._cursor, self.annotator, self.queue_kw = cursor, annotator, dict(queue_kw)
+        #: run in the background after new verdicts, with the model (the app's risk refit)
+        self._after_verdicts = after_verdicts
+        #: computed in the background: what the page shows as progress (with model and config)
+        self._progress_fn, self.progress = progress, None
+        self._new_verdicts = 0
+        self.batch, self.low, self.ttl, self.key = batch, low, ttl, key
+        self._lock = threading.RLock()
+        self.items: list[dict[str, Any]] = []  #: held, in order; items[0] is on screen
+        self._finished: OrderedDict[tuple[str, str], None] = OrderedDict()  #: judged or skipped here
+        self._contexts: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._prefetching = False
+        self._claiming = threading.Lock()  #: held while claiming; release() waits for it, then no claim follows
+        self._closed = False
+        self._renewed = time.time()
+        #: model and band configuration the queue resolved to (from the claimed items)
+        self._resolved: tuple[str | None, str | None] = (queue_kw.get("model"), queue_kw.get("config"))
+        self.serial = 0  #: changes whenever the item on screen changes
+        self.empty = False  #: the last claim found nothing to review
+        self.error: str | None = None  #: the last background failure, for the page to show
+
+    # ---- the item on screen --------------------------------------------------------------------------------
+    def current(self) -> dict[str, Any] | None:
+        """The item on screen, claiming more items when none is held."""
+        with self._lock:
+            if self.items:
+                return self.items[0]
+        self._refill(self._cursor())  # not under self._lock: release() takes the two locks in the other order
+        with self._lock:
+            return self.items[0] if self.items else None
+
+    def current_key(self) -> tuple[str, str] | None:
+        with self._lock:
+            return _key(self.items[0]) if self.items else None
+
+    def is_current(self, query_id: str, doc_id: str, serial: int) -> bool:
+        """Whether an action naming these ids and this serial is about the item on screen now."""
+        with self._lock:
+            return serial == self.serial and self.current_key() == (query_id, doc_id)
+
+    def lease_live(self) -> bool:
+        """Whether this worklist's leases are surely still in force (claimed or renewed within their lifetime)."""
+        return time.time() - self._renewed < self.ttl - 5
+
+    def _refill(self, con: duckdb.DuckDBPyConnection) -> None:
+        with self._claiming:
+            if self._closed:  # given back (another queue choice, sign-out): a late prefetch must not claim again
+                return
+            got = queue.claim(con, annotator=self.annotator, limit=self.batch, ttl=self.ttl, stale_ok=True,
+                              **self.queue_kw)
+        with self._lock:
+            before = self.current_key()
+            self.items = [it for it in got if _key(it) not in self._finished]
+            self.empty = not self.items
+            if got:
+                self._resolved = (got[0].get("model"), got[0].get("config"))
+            if self.current_key() != before:
+                self.serial += 1
+        self._renewed = time.time()
+
+    # ---- context -----------------------------------------------------------------------------------------------
+    def context(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The item's context: prefetched when possible, else computed now (and kept for the next page runs)."""
+        k = _key(item)
+        with self._lock:
+            ctx = self._contexts.get(k)
+        if ctx is None:
+            ctx = load_context(self._cursor(), item)
+            self._keep(k, ctx)
+        return ctx
+
+    def _keep(self, k: tuple[str, str], ctx: dict[str, Any]) -> None:
+        with self._lock:
+            self._contexts[k] = ctx
+            while len(self._contexts) > 2 * self.batch + 2:
+                self._contexts.popitem(last=False)
+
+    def forget_context(self, query_id: str, doc_id: str) -> None:
+        with self._lock:
+            self._contexts.pop((query_id, doc_id), None)
+
+    # ---- actions -------------------------------------------------------------------------------------------------
+    def judge(self, item: dict[str, Any], verdict: str, note: str | None = None) -> int:
+        """Record ``verdict`` by this annotator on ``item`` (with the queue mode, band and sampling probability it
+        was claimed with), end its lease and move on. Returns the verdict's event id."""
+        con = self._cursor()
+        mode = item.get("mode")
+        event_id = review.record_verdict(
+            con, query_id=item["query_id"], doc_id=item["doc_id"], verdict=verdict, annotator=self.annotator,
+            note=note, band=item.get("band"), queue_mode=mode,
+            sampling_prob=item.get("sampling_prob") if (mode or "").startswith("stratified") else None,
+        )
+        self.finish(*_key(item))  # its lease ends at the next claim (auditor.queue._expire): no lock on a key press
+        with self._lock:
+            self._new_verdicts += 1
+            if isinstance(self.progress, dict):  # shown at once; recounted in the background
+                self.progress = {**self.progress, "done": self.progress["done"] + 1,
+                                 "mine": self.progress["mine"] + 1}
+        return event_id
+
+    def skip(self, item: dict[str, Any]) -> None:
+        """Set ``item`` aside for this annotator (kept across reloads) and let someone else take it."""
+        queue.add_skip(self._cursor(), self.annotator, *_key(item))
+        self.finish(*_key(item))
+
+    def undo(self) -> dict[str, Any] | None:
+        """Take back this annotator's latest verdict and show its item again (held again unless someone else holds
+        it now). Returns what review.undo_last returns, plus ``held`` (whether the item is back on screen)."""
+        con = self._cursor()
+        undone = review.undo_last(con, annotator=self.annotator)
+        if undone is None:
+            return None
+        row = con.execute("SELECT band, queue_mode, sampling_prob FROM verdicts WHERE event_id = ?",
+                          [undone["event_id"]]).fetchall()
+        band, mode, prob = row[0] if row else (None, None, None)
+        model, config = self._resolved
+        item = {"query_id": undone["query_id"], "doc_id": undone["doc_id"], "band": band, "mode": mode,
+                "sampling_prob": prob, "model": model, "config": config}
+        undone["held"] = queue.hold(con, self.annotator, item, ttl=self.ttl,
+                                    double_annotation=self.queue_kw.get("double_annotation"))
+        if undone["held"]:
+            self.push_front(item)
+        return undone
+
+    # ---- moving on ----------------------------------------------------------------------------------------------
+    def finish(self, query_id: str, doc_id: str) -> None:
+        """The item was judged or skipped here: drop it and show the next one."""
+        with self._lock:
+            self._finished[(query_id, doc_id)] = None
+            while len(self._finished) > 500:
+                self._finished.popitem(last=False)
+            self.items = [it for it in self.items if _key(it) != (query_id, doc_id)]
+            self._contexts.pop((query_id, doc_id), None)
+            self.serial += 1
+
+    def push_front(self, item: dict[str, Any]) -> None:
+        """Show ``item`` now (an undone verdict comes back); the caller holds its lease."""
+        with self._lock:
+            self._finished.pop(_key(item), None)
+            self.items = [item] + [it for it in self.items if _key(it) != _key(item)]
+            self.empty = False
+            self.serial += 1
+
+    def reset(self) -> None:
+        """Forget what was finished here (skipped items brought back) and claim afresh on the next page run."""
+        with self._lock:
+            self._finished.clear()
+            self.items = []
+            self.serial += 1
+
+    # ---- background ---------------------------------------------------------------------------------------------
+    def prefetch(self) -> None:
+        """In the background: top the held items up to ``batch`` once fewer than ``low`` are left (a claim costs a
+        queue query, so not after every verdict), renew the leases now and then, and compute the items' contexts."""
+        with self._lock:
+            if self._prefetching:
+                return
+            self._prefetching = True
+        _POOL.submit(self._prefetch)
+
+    def _prefetch(self) -> None:
+        try:
+            time.sleep(PREFETCH_DELAY_S)
+            con = self._cursor()
+            with self._lock:
+                short = len(self.items) < self.low and not self.empty
+            if short:
+                self._refill(con)
+            elif time.time() - self._renewed > RENEW_EVERY_S:
+                queue.renew(con, self.annotator, ttl=self.ttl)
+                self._renewed = time.time()
+            with self._lock:
+                todo = [it for it in self.items if _key(it) not in self._contexts]
+                new, self._new_verdicts = self._new_verdicts, 0
+            for it in todo:
+                self._keep(_key(it), load_context(con, it))
+            model, config = self._resolved
+            if self._progress_fn is not None and model and (new or self.progress is None):
+                self.progress = self._progress_fn(con, model, config)
+            if new and self._after_verdicts is not None and model:
+                self._after_verdicts(con, model)
+            self.error = None
+        except Exception as exc:  # noqa: BLE001 - the page computes what is missing itself and shows the error
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self._prefetching = False
+
+    def release(self) -> None:
+        """Give every held item back (signing out, or another queue choice); this worklist claims nothing after."""
+        with self._claiming:
+            self._closed = True
+            with self._lock:
+                self.items = []
+                self._contexts.clear()
+            queue.release(self._cursor(), self.annotator)
