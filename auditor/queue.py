@@ -238,16 +238,24 @@ _TABLES = _MemTables()
 
 
 def _fingerprint(con: duckdb.DuckDBPyConnection, config: str, model: str) -> tuple[tuple, Any]:
-    """(hard, soft): hard changes with the bands, candidates or scores of (config, model); soft with the risk fit."""
+    """(hard, soft): hard changes with the bands, candidates or scores of (config, model); soft with the risk fit.
+
+    Cheap at any size, as it runs on every request: the stamp every band write leaves
+    (:func:`auditor.bands.mark_bands_written`) and the band count stand for the bands — a hash over every band row
+    took about half a second per request at 10M candidates (bench/scale.py). Code that rewrites band rows in place
+    outside auditor.bands calls mark_bands_written.
+    """
+    from auditor.bands import BANDS_WRITTEN_KEY
+
     row = con.execute(
         """
-        SELECT count(*), bit_xor(hash(query_id, doc_id, band, rule, weight)),
+        SELECT (SELECT count(*) FROM bands WHERE config = $c AND model = $m),
+               (SELECT value FROM meta WHERE key = $k),
                (SELECT estimated_size FROM duckdb_tables() WHERE table_name = 'candidates' AND schema_name = 'main'),
                (SELECT estimated_size FROM duckdb_tables() WHERE table_name = 'scores' AND schema_name = 'main'),
                (SELECT max(fit_id) FROM risk_fits WHERE model = $m)
-        FROM bands WHERE config = $c AND model = $m
         """,
-        {"c": config, "m": model},
+        {"c": config, "m": model, "k": BANDS_WRITTEN_KEY},
     ).fetchall()[0]
     return tuple(row[:4]), row[4]
 
