@@ -4,7 +4,7 @@
     python bench/ivf.py --docs 1000000 --nprobe 8,32,128
 
 The vectors are generated, not embedded (embedding 500k passages takes hours on this CPU): unit vectors in 384
-dimensions drawn around 2,000 topic centres with a spread that gives cosines to the nearest documents like
+dimensions, each a random mixture of three of 2,000 topic centres plus noise, with a spread that gives cosines to the nearest documents like
 all-MiniLM-L6-v2's on real passages (about 0.5-0.8), and queries drawn like documents. Recall on real embeddings
 depends on how clustered they are; `auditor mine --index ivf` prints its own recall@k on every run (exact search of
 a sample of its queries), which is the figure to trust for a given corpus.
@@ -30,8 +30,11 @@ def vectors(n: int, centres: np.ndarray, spread: float, rng: np.random.Generator
     step = 100_000
     for s in range(0, n, step):
         m = min(step, n - s)
-        v = centres[rng.integers(0, len(centres), m)] + spread * rng.standard_normal((m, centres.shape[1]),
-                                                                                     dtype=np.float32)
+        # a mixture of three topics with random weights, plus noise: neighbourhoods overlap as real ones do
+        w = rng.dirichlet((1.0, 1.0, 1.0), m).astype(np.float32)
+        picks = rng.integers(0, len(centres), (m, 3))
+        v = np.einsum("mk,mkd->md", w, centres[picks]) + spread * rng.standard_normal((m, centres.shape[1]),
+                                                                                      dtype=np.float32)
         out[s:s + m] = v / np.linalg.norm(v, axis=1, keepdims=True)
     return out
 
