@@ -70,7 +70,8 @@ class RayConfig:
     actors: int = 0  #: model replicas (actor pool size); 0 means one per CPU slot, or per GPU slot with cuda
     cpus_per_actor: float = 1.0  #: CPU slots one replica reserves (its torch threads) on the CPU path
     window: int = 200_000  #: texts per Ray Data job: bounds the object store and what an interruption loses
-    block_rows: int = 2048  #: texts per Ray Data block (blocks are what the actor pool shares out)
+    block_rows: int = 2048  #: most texts per Ray Data block (blocks are what the actor pool shares out; at least
+    #: two blocks per replica)
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,8 @@ def encode_on_ray(
         for window in windows:
             if window.num_rows == 0:
                 continue
-            n_blocks = max(1, math.ceil(window.num_rows / config.block_rows))
+            # at least two blocks per replica, so that every replica gets work and a slow one holds up little
+            n_blocks = min(window.num_rows, max(math.ceil(window.num_rows / config.block_rows), 2 * size))
             step = math.ceil(window.num_rows / n_blocks)
             ds = ray.data.from_arrow([window.slice(s, step) for s in range(0, window.num_rows, step)])
             ds = ds.map_batches(

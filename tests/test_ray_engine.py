@@ -61,8 +61,8 @@ def test_ray_engine_gives_the_local_candidates_and_scores(tmp_path, cranfield_st
         con = open_store(copy_store(cranfield_store_path, tmp_path / f"{engine}.duckdb"))
         _slice(con)
         cfg = MineConfig(engine=engine, index="flat")
-        # small blocks, so both replicas get work (one window: a pool of replicas starts in tens of seconds)
-        s = mine(con, depth=DEPTH, config=cfg, ray_config=RayConfig(block_rows=64))
+        # the defaults: one window (a pool of replicas starts in tens of seconds), two blocks per replica
+        s = mine(con, depth=DEPTH, config=cfg, ray_config=RayConfig())
         n_docs = _rows(con, "SELECT count(*) FROM documents")[0][0]
         assert s.embedded_documents == n_docs > 120 and s.embedded_queries == 25
         stores[engine] = con
