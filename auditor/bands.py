@@ -277,10 +277,9 @@ def mark_latest_model(con: duckdb.DuckDBPyConnection, model: str) -> None:
 
 def latest_model(con: duckdb.DuckDBPyConnection) -> str | None:
     """The model whose scores were written most recently, or None when nothing is scored."""
-    row = _first(con.execute(
-        "SELECT value FROM meta WHERE key = ? AND value IN (SELECT DISTINCT model FROM scores)", [_LATEST_MODEL_KEY]
-    ))
-    if row:
+    # Two point reads, not `IN (SELECT DISTINCT model FROM scores)`: that grouped every score row on each review item.
+    row = _first(con.execute("SELECT value FROM meta WHERE key = ?", [_LATEST_MODEL_KEY]))
+    if row and _first(con.execute("SELECT 1 FROM scores WHERE model = ? LIMIT 1", [row[0]])):
         return row[0]
     row = _first(con.execute("SELECT model FROM scores GROUP BY model ORDER BY count(*) DESC, model LIMIT 1"))
     return row[0] if row else None

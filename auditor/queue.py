@@ -158,6 +158,7 @@ class _MemTables:
         self._entries: dict[tuple, _Entry] = {}
         self._retired: list[str] = []
         self._rebuilding: set[tuple] = set()
+        self._threads: list[threading.Thread] = []
         self._seq = iter(range(1, 1 << 62))
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -190,10 +191,19 @@ class _MemTables:
             if stale_ok and hit is not None and hit.fingerprint[0] == fingerprint[0]:
                 if key not in self._rebuilding:
                     self._rebuilding.add(key)
-                    threading.Thread(target=self._rebuild, args=(con.cursor(), key, fingerprint, build),
-                                     daemon=True, name="auditor-queue-rebuild").start()
+                    thread = threading.Thread(target=self._rebuild, args=(con.cursor(), key, fingerprint, build),
+                                              daemon=True, name="auditor-queue-rebuild")
+                    self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+                    thread.start()
                 return hit
         return self._build(con, key, fingerprint, build)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the background rebuilds started so far (their cursors belong to the caller's connection)."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for thread in threads:
+            thread.join(timeout)
 
     def _rebuild(self, cur: duckdb.DuckDBPyConnection, key: tuple, fingerprint: tuple, build: Callable) -> None:
         try:
@@ -235,6 +245,12 @@ class _MemTables:
 
 
 _TABLES = _MemTables()
+
+
+def wait_for_rebuilds(timeout: float | None = None) -> None:
+    """Wait for the queue's background rebuilds (``stale_ok``) to end: call it before closing the connection that
+    asked for them, or DuckDB refuses to close a connection one of whose cursors is busy."""
+    _TABLES.wait(timeout)
 
 
 def _fingerprint(con: duckdb.DuckDBPyConnection, config: str, model: str) -> tuple[tuple, Any]:

@@ -243,44 +243,42 @@ def item_context(
             [query_id, query_id],
         ).fetchall()
     ]
-    cand = con.execute(
-        """
+    # One statement reads each big table once, for this query's rows only: the candidate and its siblings come from
+    # the same scans (two statements scanned scores, bands, candidates and documents twice; about half the time).
+    cur = con.execute(
+        f"""
+        WITH s AS (SELECT * FROM scored WHERE model = $m AND query_id = $q),
+             b AS (SELECT doc_id, band, rule, weight FROM bands WHERE config = $c AND model = $m AND query_id = $q),
+             r AS (SELECT doc_id, p_fn, prior, origin, fit_id FROM risk WHERE model = $m AND query_id = $q),
+             c AS (SELECT doc_id, list(DISTINCT source ORDER BY source) AS sources,
+                          max(source_score) FILTER (WHERE source = 'given') AS teacher
+                   FROM candidates WHERE query_id = $q GROUP BY doc_id),
+             d AS (SELECT doc_id, title, CASE WHEN doc_id = $d THEN text ELSE left(text, {SNIPPET_CHARS}) END AS text
+                   FROM documents WHERE doc_id = $d OR doc_id IN (SELECT doc_id FROM c))
         SELECT d.doc_id, d.title, d.text, b.band, b.rule, s.s_neg, s.s_pos_min, s.s_pos_max, s.delta, s.ratio,
                s.rank, b.weight, s.sim_to_pos, s.ce_neg, s.ce_pos, s.bm25, s.bm25_rank, s.lex_to_pos, s.fused_rank,
                r.p_fn, r.prior, r.origin, rf.n_labels, c.sources, c.teacher,
-               (SELECT max(teacher_score) FROM qrels WHERE query_id = $q AND relevant) AS teacher_pos
-        FROM (SELECT doc_id, title, text FROM documents WHERE doc_id = $d LIMIT 1) d
-        LEFT JOIN (SELECT * FROM scored WHERE model = $m AND query_id = $q AND doc_id = $d) s ON true
-        LEFT JOIN (SELECT * FROM bands WHERE config = $c AND model = $m AND query_id = $q AND doc_id = $d) b ON true
-        LEFT JOIN (SELECT * FROM risk WHERE model = $m AND query_id = $q AND doc_id = $d) r ON true
-        LEFT JOIN risk_fits rf ON rf.fit_id = r.fit_id
-        LEFT JOIN (SELECT list(DISTINCT source ORDER BY source) AS sources,
-                          max(source_score) FILTER (WHERE source = 'given') AS teacher
-                   FROM candidates WHERE query_id = $q AND doc_id = $d) c ON true
+               s.doc_id IS NOT NULL AND b.doc_id IS NOT NULL AS banded
+        FROM d LEFT JOIN s USING (doc_id) LEFT JOIN b USING (doc_id) LEFT JOIN r USING (doc_id)
+             LEFT JOIN c USING (doc_id) LEFT JOIN risk_fits rf ON rf.fit_id = r.fit_id
+        ORDER BY s.rank NULLS LAST, s.s_neg DESC, d.doc_id
         """,
         {"q": query_id, "d": doc_id, "m": model, "c": config},
     )
-    rows = cand.fetchall()
-    row = rows[0] if rows else None
-    if row is None:
+    names = [x[0] for x in cur.description]
+    rows = [dict(zip(names, r)) for r in cur.fetchall()]
+    candidate = next((r for r in rows if r["doc_id"] == doc_id), None)
+    if candidate is None:
         raise StoreError(f"unknown document id {doc_id!r}")
-    candidate = dict(zip([d[0] for d in cand.description], row))
+    candidate.pop("banded")
     candidate["sources"] = list(candidate["sources"] or [])
-    others_cur = con.execute(
-        f"""
-        SELECT b.doc_id, b.band, b.rule, s.s_neg, s.delta, s.rank, d.title,
-               left(d.text, {SNIPPET_CHARS}) AS snippet
-        FROM bands b JOIN scored s ON s.model = b.model AND s.query_id = b.query_id AND s.doc_id = b.doc_id
-        JOIN documents d ON d.doc_id = b.doc_id
-        WHERE b.config = ? AND b.model = ? AND b.query_id = ? AND b.doc_id <> ?
-          -- only this query's documents: keeps the join from scanning the whole corpus
-          AND d.doc_id IN (SELECT doc_id FROM candidates WHERE query_id = ?)
-        ORDER BY s.rank NULLS LAST, s.s_neg DESC
-        """,
-        [config, model, query_id, doc_id, query_id],
-    )
-    names = [d[0] for d in others_cur.description]
-    others = [dict(zip(names, r)) for r in others_cur.fetchall()]
+    teacher_pos = [p["teacher_score"] for p in positives if p["teacher_score"] is not None]
+    candidate["teacher_pos"] = max(teacher_pos) if teacher_pos else None
+    others = [
+        {"doc_id": r["doc_id"], "band": r["band"], "rule": r["rule"], "s_neg": r["s_neg"], "delta": r["delta"],
+         "rank": r["rank"], "title": r["title"], "snippet": r["text"]}
+        for r in rows if r["doc_id"] != doc_id and r["banded"]
+    ]
     verdicts_cur = con.execute(
         "SELECT annotator, verdict, note, created_at FROM current_verdicts WHERE query_id = ? AND doc_id = ? "
         "ORDER BY event_id",

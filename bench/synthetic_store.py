@@ -47,6 +47,9 @@ def fill_synthetic(con: duckdb.DuckDBPyConnection, n_queries: int = 200_000, per
         FROM _gen;
         DROP TABLE _gen;
     """)
+    from auditor.bands import mark_latest_model
+
+    mark_latest_model(con, model)  # as `auditor mine` does: later commands default to this model
 
 
 def build(path: Path, **kw) -> float:

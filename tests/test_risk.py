@@ -164,6 +164,8 @@ def test_after_a_refit_a_caller_gets_the_new_order_unless_it_accepts_the_old_one
     risk.fit(con, M)
     stale = top(con, stale_ok=True)  # the app's worklist: the previous order at once, the new one built behind it
     assert stale == dict(fresh[20:]) and stale != stored(stale)
+    queue.wait_for_rebuilds()
+    assert top(con) == stored(top(con))  # the rebuilt table is the new fit's
     store.close()
 
 
