@@ -26,9 +26,10 @@ app: setup
 test: setup browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-bench: setup
+bench: setup browser
 	$(BIN)/pip install -q -c requirements.lock -e '.[bench]'
-	for b in ingest fuzz planted mine review_yield export app; do $(BIN)/python bench/$$b.py || exit 1; done
+	for b in ingest fuzz planted mine review_yield export app browser_review ivf; do $(BIN)/python bench/$$b.py || exit 1; done
+	@echo "bench/scale.py (10M candidates, about an hour and 6 GB of disk) runs on its own: $(BIN)/python bench/scale.py"
 
 clean:
 	rm -rf $(VENV) auditor-sample.duckdb auditor-sample.duckdb.wal .pytest_cache
