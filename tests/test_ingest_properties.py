@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,10 @@ from auditor.store import open_store
 from conftest import MSMARCO
 from test_ingest import snapshot
 
-SETTINGS = settings(max_examples=50, deadline=None,
+#: The same examples on every run (a red CI means a change, not a lucky draw); set AUDITOR_HYPOTHESIS_EXPLORE=1 to
+#: draw new ones, as when hunting for bugs (that is how a blank "\r" query text was found to fool the oracle).
+DERANDOMIZE = not os.environ.get("AUDITOR_HYPOTHESIS_EXPLORE")
+SETTINGS = settings(max_examples=50, deadline=None, derandomize=DERANDOMIZE,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 BLANK = set(limits.BLANK_CHARS)
@@ -380,7 +384,8 @@ def beir_folders(draw) -> dict:
     docs = [{"_id": f"d{i}", "title": draw(st.sampled_from(["", "T"])), "text": draw(texts)} for i in range(n_docs)]
     queries = [{"_id": f"q{i}", "text": draw(texts)} for i in range(n_queries)]
     qrels = [[q["_id"], draw(st.sampled_from(docs))["_id"], str(draw(st.integers(0, 3)))] for q in queries]
-    ok = {"corpus": [True] * n_docs, "queries": [True] * n_queries, "qrels": [True] * n_queries}
+    # a drawn text may itself be blank (st.text gives "\r"): a blank query is invalid, a blank passage is not
+    ok = {"corpus": [True] * n_docs, "queries": [is_text(q["text"]) for q in queries], "qrels": [True] * n_queries}
     raw: dict[str, dict[int, str]] = {"corpus": {}, "queries": {}}
     for _ in range(draw(st.integers(0, 2))):
         target = draw(st.sampled_from(["corpus", "queries", "qrels"]))
@@ -401,7 +406,7 @@ def beir_folders(draw) -> dict:
         r = records[i]
         if how == "blank":
             r["text"] = draw(blanks)
-            ok[target][i] = target == "corpus"  # a corpus passage may be empty (real corpora have some)
+            ok[target][i] = ok[target][i] and target == "corpus"  # a corpus passage may be empty (real corpora have some)
         elif how == "id_huge":
             r["_id"] = 2**70
             ok[target][i] = False
@@ -497,7 +502,7 @@ _ABSENT = object()  # the key is not in the record at all (SQL NULL, not JSON nu
 _DUCK: list = []
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, derandomize=DERANDOMIZE)
 @given(values=st.lists(json_values | st.just(_ABSENT), min_size=1, max_size=25))
 def test_rule_table_gives_a_definite_verdict_matching_the_oracle(values):
     import duckdb
