@@ -330,6 +330,11 @@ class BackgroundRefit:
             thread.join()
         return True
 
+    def wait(self) -> None:
+        """Wait for a running refit to end (before closing the store it writes to)."""
+        with self._running:
+            pass
+
     def _work(self, model: str) -> None:
         try:
             fit(self._cursor(), model, self.cfg)

@@ -185,8 +185,7 @@ def bench_next_item(path: Path, n_items: int, mode: str) -> dict[str, list[float
         refit.notify(MODEL)
     queue.release(con, "bench-claims")
     queue.release(con, "someone-else")
-    while not refit._running.acquire(timeout=60):  # let a running fit finish before the store closes
-        pass
+    refit.wait()  # let a running fit finish before the store closes
     queue.wait_for_rebuilds()  # and the queue tables that fit made it rebuild
     out["refits"] = [float(refit.fits)]
     store.close()
