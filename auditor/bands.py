@@ -327,7 +327,7 @@ def _write_bands(con: duckdb.DuckDBPyConnection, config_name: str, model: str, c
     con.execute("DELETE FROM bands WHERE config = ? AND model = ?", [config_name, model])
     con.execute(
         f"INSERT INTO bands (config, model, query_id, doc_id, band, rule, weight) "
-        f"SELECT $config, model, query_id, doc_id, band, rule, weight FROM ({banded_sql(cfg)})",
+        f"SELECT $config, model, query_id, doc_id, band, rule, weight FROM ({banded_sql(cfg)}) ORDER BY query_id, doc_id",
         {"config": config_name, "model": model},
     )
     mark_bands_written(con)

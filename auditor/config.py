@@ -170,6 +170,11 @@ class RiskConfig:
     regularization: float = 1.0  #: C of the logistic regression (inverse L2 strength, on standardised features)
     refit_every: int = 5  #: the app refits after this many new verdicts (in the background) ...
     refit_growth: float = 0.1  #: ... or, once many are in, after this share more (5 new labels barely move 300)
+    #: ... but background refits (with the rebuild of the review queue's tables each one causes) take at most this
+    #: share of the time: after one that took t seconds the next starts t / share seconds later at the earliest. A
+    #: few milliseconds on a small set (no wait); about 3 s at a million candidates on 2 CPUs, so every 30 s there,
+    #: and an annotator's next item is not slowed by a machine busy refitting.
+    refit_max_share: float = 0.1
     propagate_doc: float | None = 0.9  #: a confirmed false negative lifts same-query candidates this close (cosine)
     propagate_query: float | None = 0.9  #: ... and the same document under queries this close to its query
 

@@ -44,6 +44,7 @@ with verdict events newer than the snapshot are selected again, from the store.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import threading
@@ -58,8 +59,8 @@ import pandas as pd
 import pyarrow as pa
 
 from auditor.config import DEFAULT_BAND_CONFIG, ReviewConfig
-from auditor.select import Selection, current_selection
-from auditor.store import StoreError, transaction
+from auditor.select import Selection, current_selection, sql_literal as _lit, verdict_flags_sql
+from auditor.store import StoreError, in_transaction, transaction
 
 MODES = ("export", "risk", "stratified")
 #: What a verdict may record as its queue: a stratified walk narrowed by source or query is not a band sample.
@@ -139,6 +140,14 @@ class _Entry:
     table: str
     event_id: int = 0  #: export snapshots: verdict events up to this one are reflected
     lock: threading.Lock | None = None
+    state: Any = None  #: what the builder keeps beside the rows (export snapshots: the verdict flags they reflect)
+    build: Callable | None = None  #: how to build it again (``refresh``)
+    fingerprint_of: Callable | None = None  #: how to read its current fingerprint from a connection
+    used_at: float = 0.0  #: time.monotonic() of the last request served from it (``refresh`` skips idle ones)
+
+
+#: A table not asked for in this long is not rebuilt by ``refresh`` (it is rebuilt if it is asked for again).
+REFRESH_IDLE_S = 60.0
 
 
 class _MemTables:
@@ -172,10 +181,10 @@ class _MemTables:
         return cur
 
     def get(
-        self, con: duckdb.DuckDBPyConnection, key: tuple, fingerprint: tuple,
-        build: Callable[[duckdb.DuckDBPyConnection], tuple[pa.Table, int]], stale_ok: bool = False,
+        self, con: duckdb.DuckDBPyConnection, key: tuple, fingerprint_of: Callable[[duckdb.DuckDBPyConnection], tuple],
+        build: Callable[[duckdb.DuckDBPyConnection], tuple[pa.Table, int, Any]], stale_ok: bool = False,
     ) -> _Entry:
-        """The entry for ``key``; ``build(con)`` returns (rows, verdict event id they reflect).
+        """The entry for ``key``; ``build(con)`` returns (rows, verdict event id they reflect, state to keep).
 
         ``fingerprint`` is (hard, soft). A changed hard part (re-banding, re-scoring: a user's deliberate act) is
         built before answering. A changed soft part only (the risk model refitted after a few verdicts, every few
@@ -184,19 +193,38 @@ class _MemTables:
         next request finds it ready. Only where ``stale_ok``: the rebuild runs on a cursor of ``con``, so ``con`` must
         outlive it (the app's shared store does; a command that closes its connection when done must not ask).
         """
+        fingerprint = fingerprint_of(con)
         with self._lock:
             hit = self._entries.get(key)
+            if hit is not None:
+                hit.used_at = time.monotonic()
             if hit is not None and hit.fingerprint == fingerprint:
                 return hit
             if stale_ok and hit is not None and hit.fingerprint[0] == fingerprint[0]:
                 if key not in self._rebuilding:
                     self._rebuilding.add(key)
-                    thread = threading.Thread(target=self._rebuild, args=(con.cursor(), key, fingerprint, build),
+                    thread = threading.Thread(target=self._rebuild,
+                                              args=(con.cursor(), key, fingerprint, build, fingerprint_of),
                                               daemon=True, name="auditor-queue-rebuild")
                     self._threads = [t for t in self._threads if t.is_alive()] + [thread]
                     thread.start()
                 return hit
-        return self._build(con, key, fingerprint, build)
+        return self._build(con, key, fingerprint, build, fingerprint_of)
+
+    def refresh(self, con: duckdb.DuckDBPyConnection) -> int:
+        """Rebuild, on ``con`` and now, this store's tables in use (asked for in the last ``REFRESH_IDLE_S``) whose
+        fingerprint changed (after a refit, so that the next request finds them ready); returns how many."""
+        store, recent = _store_key(con), time.monotonic() - REFRESH_IDLE_S
+        with self._lock:
+            entries = [(k, e) for k, e in self._entries.items()
+                       if k[1] == store and e.build is not None and e.used_at >= recent]
+        rebuilt = 0
+        for key, entry in entries:
+            fingerprint = entry.fingerprint_of(con)
+            if fingerprint != entry.fingerprint:
+                self._build(con, key, fingerprint, entry.build, entry.fingerprint_of)
+                rebuilt += 1
+        return rebuilt
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the background rebuilds started so far (their cursors belong to the caller's connection)."""
@@ -205,9 +233,10 @@ class _MemTables:
         for thread in threads:
             thread.join(timeout)
 
-    def _rebuild(self, cur: duckdb.DuckDBPyConnection, key: tuple, fingerprint: tuple, build: Callable) -> None:
+    def _rebuild(self, cur: duckdb.DuckDBPyConnection, key: tuple, fingerprint: tuple, build: Callable,
+                 fingerprint_of: Callable) -> None:
         try:
-            self._build(cur, key, fingerprint, build)
+            self._build(cur, key, fingerprint, build, fingerprint_of)
         except Exception:  # noqa: BLE001 - the old table stays in service; the next request tries again
             pass
         finally:
@@ -215,13 +244,14 @@ class _MemTables:
                 self._rebuilding.discard(key)
             cur.close()
 
-    def _build(self, con: duckdb.DuckDBPyConnection, key: tuple, fingerprint: tuple, build: Callable) -> _Entry:
+    def _build(self, con: duckdb.DuckDBPyConnection, key: tuple, fingerprint: tuple, build: Callable,
+               fingerprint_of: Callable) -> _Entry:
         with self._build_lock:  # one builder at a time; whoever waited finds the fresh table
             with self._lock:
                 hit = self._entries.get(key)
             if hit is not None and hit.fingerprint == fingerprint:
                 return hit
-            rows, event_id = build(con)
+            rows, event_id, state = build(con)
             name = f"items_{next(self._seq)}"
             mem = self.cursor()
             mem.register("_arrow_items", rows)
@@ -229,7 +259,8 @@ class _MemTables:
                 mem.execute(f"CREATE TABLE {name} AS SELECT * FROM _arrow_items")
             finally:
                 mem.unregister("_arrow_items")
-            entry = _Entry(fingerprint, name, event_id, threading.Lock())
+            entry = _Entry(fingerprint, name, event_id, threading.Lock(), state, build, fingerprint_of,
+                           time.monotonic())
             with self._lock:
                 old = self._entries.pop(key, None)
                 self._entries[key] = entry
@@ -245,6 +276,13 @@ class _MemTables:
 
 
 _TABLES = _MemTables()
+atexit.register(_TABLES.wait, 60)  # a rebuild stopped inside DuckDB at exit would abort the process
+
+
+def refresh(con: duckdb.DuckDBPyConnection) -> int:
+    """Rebuild now, on ``con``, the queue tables of this store that a refit or re-banding made stale (the app's
+    background refit calls it, so the rebuild runs in its thread and counts towards its share of the machine)."""
+    return _TABLES.refresh(con)
 
 
 def wait_for_rebuilds(timeout: float | None = None) -> None:
@@ -257,23 +295,22 @@ def _fingerprint(con: duckdb.DuckDBPyConnection, config: str, model: str) -> tup
     """(hard, soft): hard changes with the bands, candidates or scores of (config, model); soft with the risk fit.
 
     Cheap at any size, as it runs on every request: the stamp every band write leaves
-    (:func:`auditor.bands.mark_bands_written`) and the band count stand for the bands — a hash over every band row
-    took about half a second per request at 10M candidates (bench/scale.py). Code that rewrites band rows in place
-    outside auditor.bands calls mark_bands_written.
+    (:func:`auditor.bands.mark_bands_written`) and the tables' row counts stand for the bands — a hash over every
+    band row took about half a second per request at 10M candidates (bench/scale.py), counting one configuration's
+    bands 6 ms at 1M. Code that rewrites band rows in place outside auditor.bands calls mark_bands_written.
     """
     from auditor.bands import BANDS_WRITTEN_KEY
 
     row = con.execute(
         """
-        SELECT (SELECT count(*) FROM bands WHERE config = $c AND model = $m),
-               (SELECT value FROM meta WHERE key = $k),
-               (SELECT estimated_size FROM duckdb_tables() WHERE table_name = 'candidates' AND schema_name = 'main'),
-               (SELECT estimated_size FROM duckdb_tables() WHERE table_name = 'scores' AND schema_name = 'main'),
+        SELECT $c, $m, (SELECT value FROM meta WHERE key = $k),
+               (SELECT list(estimated_size ORDER BY table_name) FROM duckdb_tables()
+                WHERE table_name IN ('bands', 'candidates', 'scores') AND schema_name = 'main'),
                (SELECT max(fit_id) FROM risk_fits WHERE model = $m)
         """,
         {"c": config, "m": model, "k": BANDS_WRITTEN_KEY},
     ).fetchall()[0]
-    return tuple(row[:4]), row[4]
+    return (row[0], row[1], row[2], tuple(row[3] or ())), row[4]
 
 
 def _store_key(con: duckdb.DuckDBPyConnection) -> tuple:
@@ -303,77 +340,163 @@ def _items_sql(only: str = "") -> str:
 def _items_table(con: duckdb.DuckDBPyConnection, config: str, model: str, seed: int, stale_ok: bool = False) -> str:
     """Name of the in-memory table holding every banded item of (config, model), with per-band random positions."""
 
-    def build(con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, int]:
+    def build(con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, int, None]:
         settle(con)
+        # Each order's position is kept as one integer, so a request sorts one column (a top-N over a million rows
+        # of every order key took about 25 ms): the rows come in risk order, and their row number is risk_pos;
+        # in a band, band_pos is unique, so band_pos * 3 + band_level sorts as (band_pos, band_level).
         rows = con.sql(
             f"""
-            SELECT *, row_number() OVER (PARTITION BY band ORDER BY rkey, query_id, doc_id) AS band_pos,
-                   count(*) OVER (PARTITION BY band) AS band_size, NULL::BIGINT AS slot
-            FROM (SELECT *, hash(query_id, doc_id, $seed::BIGINT) AS rkey FROM ({_items_sql()}))
+            SELECT *, band_pos * 3 + band_level AS strat_pos
+            FROM (
+                SELECT *, row_number() OVER (PARTITION BY band ORDER BY rkey, query_id, doc_id) AS band_pos,
+                       count(*) OVER (PARTITION BY band) AS band_size, NULL::BIGINT AS slot
+                FROM (SELECT *, hash(query_id, doc_id, $seed::BIGINT) AS rkey FROM ({_items_sql()}))
+            )
+            ORDER BY {_ORDERS["risk"]}
             """,
             params={"c": config, "m": model, "seed": int(seed)},
         ).to_arrow_table()
-        return rows, 0
+        return rows.append_column("risk_pos", pa.array(np.arange(1, rows.num_rows + 1, dtype=np.int64))), 0, None
 
     key = ("items", _store_key(con), config, model, int(seed))
-    return _TABLES.get(con, key, _fingerprint(con, config, model), build, stale_ok).table
+    return _TABLES.get(con, key, lambda c: _fingerprint(c, config, model), build, stale_ok).table
+
+
+def _verdict_flags(con: duckdb.DuckDBPyConnection, queries: list[str] | None) -> dict[tuple[str, str], tuple]:
+    """(query_id, doc_id) -> (false negative, true negative) for the candidates some current verdict confirms as
+    either (of every query, or of ``queries``): all the verdicts an export selection depends on."""
+    only = "" if queries is None else "WHERE query_id = ANY($q)"
+    rows = con.execute(f"SELECT * FROM ({verdict_flags_sql(only)}) WHERE fn OR tn",
+                       {"q": queries} if queries is not None else {}).fetchall()
+    return {(q, d): (bool(fn), bool(tn)) for q, d, fn, tn in rows}
+
+
+class _read_snapshot:
+    """A read-only transaction on ``con`` (when it is not in one already): every statement sees the same moment."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con, self.began = con, False
+
+    def __enter__(self) -> None:
+        if not in_transaction(self.con):  # a caller's transaction (claim's) already gives one moment
+            self.con.execute("BEGIN TRANSACTION")
+            self.began = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.began:  # nothing was written: ending it either way is the same, and ROLLBACK works after an error
+            settle(self.con)
+            self.con.execute("ROLLBACK")
+
+
+def _patch_export(con: duckdb.DuckDBPyConnection, entry: _Entry, select: Callable) -> None:
+    """Bring an export snapshot up to the newest verdict: re-select the queries whose selection a newer verdict may
+    have changed.
+
+    A query's selection depends on verdicts only through which of its candidates are confirmed false negatives and
+    which are eligible (:mod:`auditor.select`). So a query is selected again when a candidate's false-negative flag
+    changed, or its true-negative flag changed, unless the candidate is now a true negative that the snapshot already
+    exports: eligible before, it stays so; taken only to keep its query at N, the query had fewer than N eligible, so
+    it takes every eligible one and the lowest-risk others, the same set. Most verdicts of the export queue confirm an
+    exported negative: no statement beyond reading the flags runs for them.
+    """
+    with _read_snapshot(con):
+        newest = _last_event(con)
+        if newest <= entry.event_id:
+            return
+        touched = [str(r[0]) for r in con.execute(
+            "SELECT DISTINCT query_id FROM verdicts WHERE event_id > $e AND event_id <= $n",
+            {"e": entry.event_id, "n": newest},
+        ).fetchall()]
+        before: dict = entry.state
+        now = _verdict_flags(con, touched)
+        keys = {k for k in now} | {k for k in before if k[0] in set(touched)}
+        changed = {k for k in keys if before.get(k, (False, False)) != now.get(k, (False, False))}
+        mem = _TABLES.cursor()
+        exported = set()
+        if changed:
+            exported = set(mem.execute(
+                f"SELECT query_id, doc_id FROM {entry.table} WHERE query_id = ANY(?)", [sorted({q for q, _ in changed})]
+            ).fetchall())
+        dirty = sorted({
+            k[0] for k in changed
+            if before.get(k, (False, False))[0] != now.get(k, (False, False))[0]
+            or not (now.get(k, (False, False))[1] and k in exported)
+        })
+        if dirty:
+            fresh = select(con, dirty)
+    if dirty:
+        mem.register("_fresh_rows", fresh)
+        try:
+            mem.execute("BEGIN TRANSACTION")
+            mem.execute(f"DELETE FROM {entry.table} WHERE query_id = ANY(?)", [dirty])
+            mem.execute(f"INSERT INTO {entry.table} SELECT * FROM _fresh_rows")
+            mem.execute("COMMIT")
+        finally:
+            mem.unregister("_fresh_rows")
+    for q in touched:  # the flags now reflected, for the next patch to compare with
+        for k in [k for k in before if k[0] == q]:
+            del before[k]
+    before.update(now)
+    entry.event_id = newest
+
+
+#: Up to this many queries touched since a snapshot, its patch names them in the SQL (a filter inside each scan,
+#: which skips the row groups that cannot hold them); past it, a semi-join on their list (one scan of each table).
+_PATCH_BY_ID = 64
 
 
 def _export_table(
     con: duckdb.DuckDBPyConnection, selection: Selection, model: str, stale_ok: bool = False
 ) -> str:
     """Name of the in-memory table holding what ``selection`` exports now, patched for newer verdicts."""
-    only = "AND query_id IN (SELECT query_id FROM _dirty_queries)"
 
-    def select(con: duckdb.DuckDBPyConnection, restricted: bool) -> pa.Table:
+    def select(con: duckdb.DuckDBPyConnection, queries: list[str] | None) -> pa.Table:
+        """The selection with its scores: of every query, or of ``queries`` only (the ones verdicts touched).
+
+        A query's rows lie together in scores, bands and risk (written in query-id order), so a filter on a few
+        named ids reads few row groups of each (DuckDB's zone maps) where a semi-join on a table of ids scans every
+        row.
+        """
         settle(con)
-        sel = selection.sql(con, model, queries="_dirty_queries" if restricted else None)
+        if queries is None:
+            sel, only = selection.sql(con, model), ""
+        elif len(queries) <= _PATCH_BY_ID:
+            sel = selection.sql(con, model, query_ids=queries)
+            only = f"AND query_id = ANY([{', '.join(_lit(q) for q in queries)}]::VARCHAR[])"
+        else:
+            con.register("_dirty_queries", pa.table({"query_id": pa.array(queries, pa.string())}))
+            sel = selection.sql(con, model, queries="_dirty_queries")
+            only = "AND query_id IN (SELECT query_id FROM _dirty_queries)"
         # The selection carries band, rule, weight, rank, sources and p_fn already: only the scores are joined.
-        return con.sql(
-            f"""
+        sql = f"""
             SELECT e.query_id, e.doc_id, e.band, e.rule, e.weight, {BAND_LEVEL_SQL.format(b="e.band")} AS band_level,
                    s.s_neg, s.s_pos_min, s.s_pos_max, s.delta, s.ratio, e.rank, e.p_fn,
                    string_split(e.source, ',') AS sources, e.slot,
                    NULL::UBIGINT AS rkey, NULL::BIGINT AS band_pos, NULL::BIGINT AS band_size
             FROM ({sel}) e
-            JOIN (SELECT * FROM scored WHERE model = $m {only if restricted else ""}) s
-                 ON s.query_id = e.query_id AND s.doc_id = e.doc_id
-            """,
-            params={"m": model},
-        ).to_arrow_table()
+            JOIN (SELECT * FROM scored WHERE model = $m {only}) s ON s.query_id = e.query_id AND s.doc_id = e.doc_id
+        """
+        try:
+            return con.sql(sql, params={"m": model}).to_arrow_table()
+        finally:
+            if queries is not None and len(queries) > _PATCH_BY_ID:
+                con.unregister("_dirty_queries")
 
-    def build(con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, int]:
-        event_id = _last_event(con)  # read first: verdicts that land while building are patched in next time
-        return select(con, False), event_id
+    def build(con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, int, dict]:
+        with _read_snapshot(con):  # the event id, the flags and the rows of one moment
+            event_id = _last_event(con)
+            return select(con, None), event_id, _verdict_flags(con, None)
+
+    def fingerprint_of(con: duckdb.DuckDBPyConnection) -> tuple:
+        hard, soft = _fingerprint(con, selection.config, model)
+        return (*hard, selection.to_json()), soft
 
     key = ("export", _store_key(con), selection.to_json(), model)
-    hard, soft = _fingerprint(con, selection.config, model)
-    entry = _TABLES.get(con, key, ((*hard, selection.to_json()), soft), build, stale_ok)
+    entry = _TABLES.get(con, key, fingerprint_of, build, stale_ok)
     if _last_event(con) > entry.event_id:
         with entry.lock:  # one patcher per snapshot; the others wait and find it patched
-            newest = _last_event(con)
-            if newest > entry.event_id:
-                settle(con)
-                dirty = con.sql(
-                    "SELECT DISTINCT query_id FROM verdicts WHERE event_id > $e", params={"e": entry.event_id}
-                ).to_arrow_table()
-                con.register("_dirty_queries", dirty)
-                try:
-                    fresh = select(con, True)
-                finally:
-                    con.unregister("_dirty_queries")
-                mem = _TABLES.cursor()
-                mem.register("_dirty_queries", dirty)
-                mem.register("_fresh_rows", fresh)
-                try:
-                    mem.execute("BEGIN TRANSACTION")
-                    mem.execute(f"DELETE FROM {entry.table} WHERE query_id IN (SELECT query_id FROM _dirty_queries)")
-                    mem.execute(f"INSERT INTO {entry.table} SELECT * FROM _fresh_rows")
-                    mem.execute("COMMIT")
-                finally:
-                    mem.unregister("_dirty_queries")
-                    mem.unregister("_fresh_rows")
-                entry.event_id = newest
+            _patch_export(con, entry, select)
     return entry.table
 
 
@@ -436,6 +559,10 @@ _ORDERS = {
 }
 
 
+#: Columns of the item table holding each order's position (see ``_items_table``).
+_POSITIONS = {"risk": "risk_pos", "stratified": "strat_pos"}
+
+
 def _queue_sql(
     *,
     mode: str,
@@ -466,6 +593,8 @@ def _queue_sql(
     avail = "SELECT * FROM pool ANTI JOIN _done USING (query_id, doc_id)"
     sampling = "band_pos::DOUBLE / band_size" if mode == "stratified" else "NULL::DOUBLE"
     order = _ORDERS[mode]
+    if mode == "risk" or (mode == "stratified" and not filtered):
+        order = _POSITIONS[mode]  # the same order, precomputed in the item table (a filter keeps its sequence)
     if mode == "stratified" and filtered and limit == 1:
         # With a filter the sample is drawn from the filtered items, so positions are counted inside it (a band's
         # random order restricted to a subset is a random order of that subset). For one item, two aggregates
@@ -495,13 +624,17 @@ def _queue_sql(
     else:
         # The done set is small: the first limit + n_done items of the pool always hold the first `limit` available
         # ones, so the anti-join runs on a handful of rows and the pool needs only a top-N, not a full sort.
+        # Unfiltered, the first k items are known without a sort: risk positions are 1..N (stored in that order,
+        # so DuckDB reads one row group), and the first k of the stratified order have band_pos <= k.
+        k = int(limit) + int(n_done)
+        bound = {"risk": f"WHERE risk_pos <= {k}", "stratified": f"WHERE band_pos <= {k}"}.get(mode, "")
         sql = f"""
             WITH pool AS ({pool}),
-            head AS (SELECT * FROM pool ORDER BY {order} LIMIT ?)
+            head AS (SELECT * FROM pool {"" if filtered else bound} ORDER BY {order} LIMIT ?)
             SELECT {_OUT.format(sampling=sampling)} FROM head ANTI JOIN _done USING (query_id, doc_id)
             ORDER BY {order} LIMIT ?
         """
-        params += [int(limit) + int(n_done), int(limit)]
+        params += [k, int(limit)]
     return sql, params
 
 

@@ -225,58 +225,64 @@ def item_context(
     model: str | None = None,
     config: str = DEFAULT_BAND_CONFIG,
 ) -> dict[str, Any]:
-    """Everything a reviewer needs to judge one item: the query, its positives, the candidate, its siblings."""
+    """Everything a reviewer needs to judge one item: the query, its positives, the candidate, its siblings.
+
+    The siblings (``others``) come without their texts: the page shows them only when asked, through
+    :func:`sibling_texts`. Every read is of one query's rows or of a few documents by id, filters DuckDB applies
+    inside the scan (a query's rows lie together; ``= ANY(list)`` is a pushed-down filter where ``IN (SELECT ...)``
+    joins every document), so the cost stays near constant as the store grows.
+    """
     model = resolve_model(con, model, config)
     q = con.execute("SELECT text, prompt FROM queries WHERE query_id = ? LIMIT 1", [query_id]).fetchall()
     if not q:
         raise StoreError(f"unknown query id {query_id!r}")
-    positives = [
-        {"doc_id": r[0], "title": r[1], "text": r[2], "grade": r[3], "teacher_score": r[4]}
+    labeled = con.execute(
+        "SELECT doc_id, grade, teacher_score FROM qrels WHERE query_id = ? AND relevant", [query_id]
+    ).fetchall()
+    texts = {
+        r[0]: (r[1], r[2])
         for r in con.execute(
-            """
-            SELECT r.doc_id, d.title, d.text, r.grade, r.teacher_score
-            FROM qrels r JOIN documents d USING (doc_id)
-            WHERE r.query_id = ? AND r.relevant
-              AND d.doc_id IN (SELECT doc_id FROM qrels WHERE query_id = ? AND relevant)
-            ORDER BY r.grade DESC NULLS LAST, r.doc_id
-            """,
-            [query_id, query_id],
+            "SELECT doc_id, title, text FROM documents WHERE doc_id = ANY(?)", [[doc_id, *(r[0] for r in labeled)]]
         ).fetchall()
-    ]
-    # One statement reads each big table once, for this query's rows only: the candidate and its siblings come from
-    # the same scans (two statements scanned scores, bands, candidates and documents twice; about half the time).
+    }
+    if doc_id not in texts:
+        raise StoreError(f"unknown document id {doc_id!r}")
+    positives = sorted(
+        ({"doc_id": d, "title": texts[d][0], "text": texts[d][1], "grade": g, "teacher_score": t}
+         for d, g, t in labeled if d in texts),
+        key=lambda p: (p["grade"] is None, -(p["grade"] or 0), p["doc_id"]),
+    )
+    # One statement reads the query's rows of each per-candidate table once: the candidate and its siblings.
     cur = con.execute(
-        f"""
+        """
         WITH s AS (SELECT * FROM scored WHERE model = $m AND query_id = $q),
              b AS (SELECT doc_id, band, rule, weight FROM bands WHERE config = $c AND model = $m AND query_id = $q),
              r AS (SELECT doc_id, p_fn, prior, origin, fit_id FROM risk WHERE model = $m AND query_id = $q),
              c AS (SELECT doc_id, list(DISTINCT source ORDER BY source) AS sources,
                           max(source_score) FILTER (WHERE source = 'given') AS teacher
                    FROM candidates WHERE query_id = $q GROUP BY doc_id),
-             d AS (SELECT doc_id, title, CASE WHEN doc_id = $d THEN text ELSE left(text, {SNIPPET_CHARS}) END AS text
-                   FROM documents WHERE doc_id = $d OR doc_id IN (SELECT doc_id FROM c))
-        SELECT d.doc_id, d.title, d.text, b.band, b.rule, s.s_neg, s.s_pos_min, s.s_pos_max, s.delta, s.ratio,
+             ids AS (SELECT doc_id FROM c UNION SELECT $d)
+        SELECT ids.doc_id, b.band, b.rule, s.s_neg, s.s_pos_min, s.s_pos_max, s.delta, s.ratio,
                s.rank, b.weight, s.sim_to_pos, s.ce_neg, s.ce_pos, s.bm25, s.bm25_rank, s.lex_to_pos, s.fused_rank,
                r.p_fn, r.prior, r.origin, rf.n_labels, c.sources, c.teacher,
                s.doc_id IS NOT NULL AND b.doc_id IS NOT NULL AS banded
-        FROM d LEFT JOIN s USING (doc_id) LEFT JOIN b USING (doc_id) LEFT JOIN r USING (doc_id)
+        FROM ids LEFT JOIN s USING (doc_id) LEFT JOIN b USING (doc_id) LEFT JOIN r USING (doc_id)
              LEFT JOIN c USING (doc_id) LEFT JOIN risk_fits rf ON rf.fit_id = r.fit_id
-        ORDER BY s.rank NULLS LAST, s.s_neg DESC, d.doc_id
+        ORDER BY s.rank NULLS LAST, s.s_neg DESC, ids.doc_id
         """,
         {"q": query_id, "d": doc_id, "m": model, "c": config},
     )
     names = [x[0] for x in cur.description]
     rows = [dict(zip(names, r)) for r in cur.fetchall()]
-    candidate = next((r for r in rows if r["doc_id"] == doc_id), None)
-    if candidate is None:
-        raise StoreError(f"unknown document id {doc_id!r}")
+    candidate = next(r for r in rows if r["doc_id"] == doc_id)
     candidate.pop("banded")
+    candidate["title"], candidate["text"] = texts[doc_id]
     candidate["sources"] = list(candidate["sources"] or [])
     teacher_pos = [p["teacher_score"] for p in positives if p["teacher_score"] is not None]
     candidate["teacher_pos"] = max(teacher_pos) if teacher_pos else None
     others = [
         {"doc_id": r["doc_id"], "band": r["band"], "rule": r["rule"], "s_neg": r["s_neg"], "delta": r["delta"],
-         "rank": r["rank"], "title": r["title"], "snippet": r["text"]}
+         "rank": r["rank"]}
         for r in rows if r["doc_id"] != doc_id and r["banded"]
     ]
     verdicts_cur = con.execute(
@@ -303,3 +309,15 @@ def item_context(
         "model": model,
         "config": config,
     }
+
+
+def sibling_texts(con: duckdb.DuckDBPyConnection, doc_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """doc_id -> (title, the text's first ``ReviewConfig.snippet_chars`` characters), for the siblings of an item
+    that the Review page lists when its "other candidates" are opened."""
+    ids = [str(d) for d in doc_ids]
+    if not ids:
+        return {}
+    rows = con.execute(
+        f"SELECT doc_id, title, left(text, {int(SNIPPET_CHARS)}) FROM documents WHERE doc_id = ANY(?)", [ids]
+    ).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}

@@ -365,6 +365,14 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
         con.execute("COMMIT")
 
 
+def in_transaction(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``con`` is inside an explicit transaction (a BEGIN there would fail and abort it): outside one, every
+    statement gets a transaction id of its own."""
+    con.complete()
+    first = con.execute("SELECT txid_current()").fetchall()[0][0]
+    return con.execute("SELECT txid_current()").fetchall()[0][0] == first
+
+
 class SharedStore:
     """One read-write connection for a whole process, a cursor per thread (DuckDB's concurrency model).
 

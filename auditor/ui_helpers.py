@@ -283,7 +283,7 @@ def positive_marks(
         WITH texts AS (
             SELECT 'q' AS kind, ? AS id, text_hash, 'query' AS role FROM queries WHERE query_id = ?
             UNION ALL
-            SELECT 'd', doc_id, text_hash, 'document' FROM documents WHERE doc_id IN (SELECT unnest(?::VARCHAR[]))
+            SELECT 'd', doc_id, text_hash, 'document' FROM documents WHERE doc_id = ANY(?::VARCHAR[])
         )
         SELECT t.kind, t.id, e.vector FROM texts t
         JOIN embeddings e ON e.model = ? AND e.role = t.role AND e.text_hash = t.text_hash

@@ -14,7 +14,7 @@ import html
 import pandas as pd
 import streamlit as st
 
-from auditor import queue
+from auditor import queue, review
 from auditor.risk import describe
 from auditor.store import StoreError
 from auditor.ui_helpers import (
@@ -298,6 +298,9 @@ def _others(ctx: dict) -> None:
     with st.expander(f"The query's other candidates ({len(others)})", key="exp_others", on_change="rerun") as box:
         if box.open and others:
             df = pd.DataFrame(others)
+            texts = review.sibling_texts(ui.cursor(), df["doc_id"])
+            df["title"] = df["doc_id"].map(lambda d: texts.get(d, (None, None))[0])
+            df["snippet"] = df["doc_id"].map(lambda d: texts.get(d, (None, None))[1])
             df["band"] = df["band"].map(lambda b: ui.BAND_LABELS.get(b, b))
             st.dataframe(df[["rank", "band", "s_neg", "delta", "doc_id", "title", "snippet"]], hide_index=True,
                          width="stretch", column_config={

@@ -197,6 +197,10 @@ def test_item_context(handbuilt_store):
     assert cand["band"] == "ambiguous" and cand["s_neg"] == pytest.approx(0.5) and cand["sources"] == ["dense"]
     assert cand["text"] == "text of n8 <b>x</b>"  # raw text: escaping is the page's job
     assert [o["doc_id"] for o in ctx["others"]] == ["n9", "n1"]
+    texts = review.sibling_texts(handbuilt_store, [o["doc_id"] for o in ctx["others"]])  # when the page lists them
+    assert set(texts) == {"n9", "n1"} and all(len(snippet) <= review.SNIPPET_CHARS for _, snippet in texts.values())
+    with pytest.raises(StoreError, match="unknown document"):
+        review.item_context(handbuilt_store, "q3", "no-such-doc")
     with pytest.raises(StoreError, match="unknown query"):
         review.item_context(handbuilt_store, "zz", "n8")
 

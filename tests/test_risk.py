@@ -135,6 +135,32 @@ def test_background_refit_runs_after_enough_verdicts_and_warms_the_queue(tmp_pat
     assert refit.notify(M, wait=True) is True
     assert refit.fits == 1 and refit.last_error is None
     assert risk.current_fit(con, M)["fit_id"] > before and not risk.is_stale(con, M)
+    assert queue.refresh(con) == 0  # the refit rebuilt the queue's tables for the new fit itself
+    store.close()
+
+
+def test_background_refits_take_at_most_their_share_of_the_time(tmp_path, planted_cranfield):
+    store = SharedStore(copy_store(planted_cranfield["path"], tmp_path / "share.duckdb"))
+    con = store.cursor()
+    refit = risk.BackgroundRefit(store.cursor, RiskConfig(refit_every=1, min_labels=3, min_per_class=1,
+                                                          refit_max_share=0.25))
+    key = set(read_answer_key(planted_cranfield["answer_key"]))
+    items = [tuple(x) for x in queue.build_queue(con, mode="risk", limit=6)[["query_id", "doc_id"]]
+             .itertuples(index=False)]
+    _judge(con, items[:3], key)
+    assert refit.notify(M, wait=True) is True
+    first_end, took = time.monotonic(), refit.last_seconds
+    assert took > 0
+    _judge(con, items[3:], key)
+    assert refit.notify(M) is False and refit.fits == 1  # due, but held back for 3x the time the last one took
+    deadline = time.monotonic() + 60
+    while refit.fits < 2 and time.monotonic() < deadline:  # the held-back fit starts by itself
+        time.sleep(0.05)
+    assert refit.fits == 2 and not risk.is_stale(con, M)
+    assert time.monotonic() - first_end >= 3 * took * 0.9
+    refit.wait()
+    with pytest.raises(ValueError, match="refit_max_share"):
+        risk.BackgroundRefit(store.cursor, RiskConfig(refit_max_share=0))
     store.close()
 
 
@@ -190,6 +216,62 @@ def test_export_queue_serves_the_riskiest_exported_negative_and_follows_a_verdic
     # another annotator's queue no longer shows the judged item either (one verdict is enough)
     bob = {tuple(x) for x in queue.build_queue(con, annotator="bob")[["query_id", "doc_id"]].itertuples(index=False)}
     assert (q, d) not in bob and replacement in bob
+
+
+@pytest.mark.parametrize("settings", [dict(max_risk=0.02), dict(strategy="band-mix", max_risk=0.02)])
+def test_export_queue_stays_the_export_through_every_kind_of_verdict(planted, monkeypatch, settings):
+    """The queue patches its snapshot of the export after verdicts, re-selecting only queries whose selection may
+    have changed; after each verdict of every kind it must still be exactly the export minus what was judged."""
+    con, _ = planted
+    sel = Selection(negatives=5, **settings)
+    reselected: list = []
+    original = Selection.sql
+
+    def spy(self, con, model=None, queries=None, query_ids=None):
+        if query_ids is not None or queries is not None:
+            reselected.append(query_ids or queries)
+        return original(self, con, model, queries=queries, query_ids=query_ids)
+
+    monkeypatch.setattr(Selection, "sql", spy)
+
+    def export() -> dict:
+        rows = select_negatives(con, 5, **settings).project("query_id, doc_id, eligible").fetchall()
+        return {(q, d): ok for q, d, ok in rows}
+
+    def queued() -> set:
+        df = queue.build_queue(con, selection=sel, double_annotation=0)
+        return set(df[["query_id", "doc_id"]].itertuples(index=False, name=None))
+
+    def judged() -> set:
+        return set(con.execute("SELECT query_id, doc_id FROM current_verdicts").fetchall())
+
+    first = export()
+    assert queued() == set(first)
+    eligible = [k for k, ok in first.items() if ok]
+    kept = [k for k, ok in first.items() if not ok]  # taken only to keep a query at N
+    assert kept, "the settings should leave some queries short of eligible negatives"
+    outside = [k for k in con.execute("SELECT query_id, doc_id FROM bands ORDER BY ALL LIMIT 400").fetchall()
+               if k not in first]
+    steps = [
+        ("true_negative", eligible[0], "ada", False),  # confirms an exported negative: nothing to re-select
+        ("unsure", eligible[1], "ada", False),
+        ("true_negative", kept[0], "ada", False),  # a kept-for-N negative becomes eligible: the same set
+        ("false_negative", eligible[2], "ada", True),  # leaves the export, a replacement enters
+        ("true_negative", eligible[2], "ada", True),  # the same annotator changes the verdict: it comes back
+        ("false_negative", eligible[3], "bob", True),
+        ("undo", None, "bob", True),  # takes bob's false negative back
+        ("true_negative", outside[0], "ada", True),  # not exported: may become eligible and enter
+    ]
+    for verdict, item, who, may_reselect in steps:
+        reselected.clear()
+        if verdict == "undo":
+            review.undo_last(con, annotator=who)
+        else:
+            review.record_verdict(con, query_id=item[0], doc_id=item[1], verdict=verdict, annotator=who,
+                                  queue_mode="export")
+        assert queued() == set(export()) - judged(), (verdict, item)
+        if not may_reselect:
+            assert reselected == [], f"a {verdict} on an exported eligible negative re-selected {reselected}"
 
 
 def test_export_queue_follows_the_export_settings(planted):
