@@ -49,6 +49,7 @@ import json
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -183,6 +184,7 @@ class _MemTables:
     def get(
         self, con: duckdb.DuckDBPyConnection, key: tuple, fingerprint_of: Callable[[duckdb.DuckDBPyConnection], tuple],
         build: Callable[[duckdb.DuckDBPyConnection], tuple[pa.Table, int, Any]], stale_ok: bool = False,
+        fingerprint: tuple | None = None,
     ) -> _Entry:
         """The entry for ``key``; ``build(con)`` returns (rows, verdict event id they reflect, state to keep).
 
@@ -193,7 +195,8 @@ class _MemTables:
         next request finds it ready. Only where ``stale_ok``: the rebuild runs on a cursor of ``con``, so ``con`` must
         outlive it (the app's shared store does; a command that closes its connection when done must not ask).
         """
-        fingerprint = fingerprint_of(con)
+        if fingerprint is None:  # the caller may have read it already, with the rest of its request
+            fingerprint = fingerprint_of(con)
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None:
@@ -291,6 +294,28 @@ def wait_for_rebuilds(timeout: float | None = None) -> None:
     _TABLES.wait(timeout)
 
 
+#: What the fingerprint reads (one spec for ``_fingerprint`` and the request's probe in ``_prepare``): the band
+#: stamp (with any other ``meta`` keys asked for) and the big tables' row counts (DuckDB keeps them: no scan); then,
+#: per model, the fit in force.
+_STATE_SQL = """
+    SELECT (SELECT list((key, value)) FROM meta WHERE key = ANY($keys)) AS meta,
+           [(SELECT count(*) FROM bands), (SELECT count(*) FROM candidates), (SELECT count(*) FROM scores)] AS sizes
+"""
+_FIT_SQL = "(SELECT max(fit_id) FROM risk_fits WHERE model = $m) AS fit_id"
+
+
+def _store_state(con: duckdb.DuckDBPyConnection, *keys: str) -> tuple[dict[str, str], list[int]]:
+    """(the ``meta`` values of the band stamp and of ``keys``, the row counts of bands, candidates and scores)."""
+    from auditor.bands import BANDS_WRITTEN_KEY
+
+    meta, sizes = con.execute(_STATE_SQL, {"keys": [BANDS_WRITTEN_KEY, *keys]}).fetchall()[0]
+    return {str(k): v for k, v in meta or []}, list(sizes)
+
+
+def _fingerprint_of(config: str, model: str, stamp: Any, sizes: Any, fit_id: Any) -> tuple[tuple, Any]:
+    return (config, model, stamp, tuple(sizes or ())), fit_id
+
+
 def _fingerprint(con: duckdb.DuckDBPyConnection, config: str, model: str) -> tuple[tuple, Any]:
     """(hard, soft): hard changes with the bands, candidates or scores of (config, model); soft with the risk fit.
 
@@ -301,21 +326,21 @@ def _fingerprint(con: duckdb.DuckDBPyConnection, config: str, model: str) -> tup
     """
     from auditor.bands import BANDS_WRITTEN_KEY
 
-    row = con.execute(
-        """
-        SELECT $c, $m, (SELECT value FROM meta WHERE key = $k),
-               (SELECT list(estimated_size ORDER BY table_name) FROM duckdb_tables()
-                WHERE table_name IN ('bands', 'candidates', 'scores') AND schema_name = 'main'),
-               (SELECT max(fit_id) FROM risk_fits WHERE model = $m)
-        """,
-        {"c": config, "m": model, "k": BANDS_WRITTEN_KEY},
-    ).fetchall()[0]
-    return (row[0], row[1], row[2], tuple(row[3] or ())), row[4]
+    meta, sizes = _store_state(con)
+    fit_id = con.execute(f"SELECT {_FIT_SQL}", {"m": model}).fetchall()[0][0]
+    return _fingerprint_of(config, model, meta.get(BANDS_WRITTEN_KEY), sizes, fit_id)
+
+
+_STORE_KEYS: "weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, tuple]" = weakref.WeakKeyDictionary()
 
 
 def _store_key(con: duckdb.DuckDBPyConnection) -> tuple:
-    rows = con.execute("SELECT database_name, path FROM duckdb_databases() WHERE NOT internal").fetchall()
-    return tuple(sorted((str(a), str(b)) for a, b in rows))
+    """Which store ``con`` reads (its attached databases), remembered per connection: it cannot change."""
+    key = _STORE_KEYS.get(con)
+    if key is None:
+        rows = con.execute("SELECT database_name, path FROM duckdb_databases() WHERE NOT internal").fetchall()
+        key = _STORE_KEYS[con] = tuple(sorted((str(a), str(b)) for a, b in rows))
+    return key
 
 
 def _last_event(con: duckdb.DuckDBPyConnection) -> int:
@@ -337,7 +362,10 @@ def _items_sql(only: str = "") -> str:
     """
 
 
-def _items_table(con: duckdb.DuckDBPyConnection, config: str, model: str, seed: int, stale_ok: bool = False) -> str:
+def _items_table(
+    con: duckdb.DuckDBPyConnection, config: str, model: str, seed: int, stale_ok: bool = False,
+    req: _Request | None = None,
+) -> str:
     """Name of the in-memory table holding every banded item of (config, model), with per-band random positions."""
 
     def build(con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, int, None]:
@@ -359,8 +387,9 @@ def _items_table(con: duckdb.DuckDBPyConnection, config: str, model: str, seed: 
         ).to_arrow_table()
         return rows.append_column("risk_pos", pa.array(np.arange(1, rows.num_rows + 1, dtype=np.int64))), 0, None
 
-    key = ("items", _store_key(con), config, model, int(seed))
-    return _TABLES.get(con, key, lambda c: _fingerprint(c, config, model), build, stale_ok).table
+    key = ("items", req.store if req else _store_key(con), config, model, int(seed))
+    return _TABLES.get(con, key, lambda c: _fingerprint(c, config, model), build, stale_ok,
+                       fingerprint=req.fingerprint if req else None).table
 
 
 def _verdict_flags(con: duckdb.DuckDBPyConnection, queries: list[str] | None) -> dict[tuple[str, str], tuple]:
@@ -400,45 +429,62 @@ def _patch_export(con: duckdb.DuckDBPyConnection, entry: _Entry, select: Callabl
     it takes every eligible one and the lowest-risk others, the same set. Most verdicts of the export queue confirm an
     exported negative: no statement beyond reading the flags runs for them.
     """
-    with _read_snapshot(con):
-        newest = _last_event(con)
-        if newest <= entry.event_id:
-            return
-        touched = [str(r[0]) for r in con.execute(
-            "SELECT DISTINCT query_id FROM verdicts WHERE event_id > $e AND event_id <= $n",
-            {"e": entry.event_id, "n": newest},
-        ).fetchall()]
-        before: dict = entry.state
-        now = _verdict_flags(con, touched)
-        keys = {k for k in now} | {k for k in before if k[0] in set(touched)}
-        changed = {k for k in keys if before.get(k, (False, False)) != now.get(k, (False, False))}
-        mem = _TABLES.cursor()
-        exported = set()
-        if changed:
-            exported = set(mem.execute(
-                f"SELECT query_id, doc_id FROM {entry.table} WHERE query_id = ANY(?)", [sorted({q for q, _ in changed})]
-            ).fetchall())
-        dirty = sorted({
-            k[0] for k in changed
-            if before.get(k, (False, False))[0] != now.get(k, (False, False))[0]
-            or not (now.get(k, (False, False))[1] and k in exported)
-        })
-        if dirty:
-            fresh = select(con, dirty)
-    if dirty:
-        mem.register("_fresh_rows", fresh)
-        try:
-            mem.execute("BEGIN TRANSACTION")
-            mem.execute(f"DELETE FROM {entry.table} WHERE query_id = ANY(?)", [dirty])
-            mem.execute(f"INSERT INTO {entry.table} SELECT * FROM _fresh_rows")
-            mem.execute("COMMIT")
-        finally:
-            mem.unregister("_fresh_rows")
-    for q in touched:  # the flags now reflected, for the next patch to compare with
-        for k in [k for k in before if k[0] == q]:
-            del before[k]
-    before.update(now)
-    entry.event_id = newest
+    plan = _patch_plan(con, entry)
+    if plan is not None and plan.dirty:  # rows to select: the flags and the rows must come from one moment
+        with _read_snapshot(con):
+            plan = _patch_plan(con, entry)
+            fresh = select(con, plan.dirty) if plan is not None and plan.dirty else None
+        if fresh is not None:
+            mem = _TABLES.cursor()
+            mem.register("_fresh_rows", fresh)
+            try:
+                mem.execute("BEGIN TRANSACTION")
+                mem.execute(f"DELETE FROM {entry.table} WHERE query_id = ANY(?)", [plan.dirty])
+                mem.execute(f"INSERT INTO {entry.table} SELECT * FROM _fresh_rows")
+                mem.execute("COMMIT")
+            finally:
+                mem.unregister("_fresh_rows")
+    if plan is None:
+        return
+    flags: dict = entry.state
+    for key in [k for k in flags if k[0] in plan.touched]:  # the flags now reflected, for the next patch
+        del flags[key]
+    flags.update(plan.flags)
+    entry.event_id = plan.newest
+
+
+@dataclass
+class _PatchPlan:
+    newest: int  #: verdict events up to this one are read
+    touched: set[str]  #: queries with events since the snapshot
+    flags: dict  #: their judged candidates' (false negative, true negative) flags now
+    dirty: list[str]  #: the queries to select again
+
+
+def _patch_plan(con: duckdb.DuckDBPyConnection, entry: _Entry) -> _PatchPlan | None:
+    """What bringing ``entry`` up to date takes, or None when it is current: two small statements, the verdict log
+    since the snapshot, then the flags of the queries it touched."""
+    newest, touched = con.execute(
+        "SELECT coalesce(max(event_id), 0), list(DISTINCT query_id) FILTER (WHERE event_id > $e) FROM verdicts",
+        {"e": entry.event_id},
+    ).fetchall()[0]
+    if newest <= entry.event_id:
+        return None
+    touched = {str(q) for q in touched or []}
+    before: dict = entry.state
+    now = _verdict_flags(con, sorted(touched))
+    none = (False, False)
+    changed = {k for k in set(now) | {k for k in before if k[0] in touched} if before.get(k, none) != now.get(k, none)}
+    exported = set()
+    if changed:
+        exported = set(_TABLES.cursor().execute(
+            f"SELECT query_id, doc_id FROM {entry.table} WHERE query_id = ANY(?)", [sorted({q for q, _ in changed})]
+        ).fetchall())
+    dirty = sorted({
+        k[0] for k in changed
+        if before.get(k, none)[0] != now.get(k, none)[0] or not (now.get(k, none)[1] and k in exported)
+    })
+    return _PatchPlan(newest, touched, now, dirty)
 
 
 #: Up to this many queries touched since a snapshot, its patch names them in the SQL (a filter inside each scan,
@@ -447,7 +493,8 @@ _PATCH_BY_ID = 64
 
 
 def _export_table(
-    con: duckdb.DuckDBPyConnection, selection: Selection, model: str, stale_ok: bool = False
+    con: duckdb.DuckDBPyConnection, selection: Selection, model: str, stale_ok: bool = False,
+    req: _Request | None = None,
 ) -> str:
     """Name of the in-memory table holding what ``selection`` exports now, patched for newer verdicts."""
 
@@ -492,11 +539,13 @@ def _export_table(
         hard, soft = _fingerprint(con, selection.config, model)
         return (*hard, selection.to_json()), soft
 
-    key = ("export", _store_key(con), selection.to_json(), model)
-    entry = _TABLES.get(con, key, fingerprint_of, build, stale_ok)
-    if _last_event(con) > entry.event_id:
-        with entry.lock:  # one patcher per snapshot; the others wait and find it patched
-            _patch_export(con, entry, select)
+    key = ("export", req.store if req else _store_key(con), selection.to_json(), model)
+    known = None
+    if req is not None and req.config == selection.config and req.model == model:
+        known = ((*req.fingerprint[0], selection.to_json()), req.fingerprint[1])
+    entry = _TABLES.get(con, key, fingerprint_of, build, stale_ok, fingerprint=known)
+    with entry.lock:  # one patcher per snapshot; the others wait and find it patched
+        _patch_export(con, entry, select)
     return entry.table
 
 
@@ -640,12 +689,10 @@ def _queue_sql(
 
 def _run(
     con: duckdb.DuckDBPyConnection,
+    req: _Request,
     *,
     mode: str,
-    config: str,
-    model: str,
     seed: int,
-    selection: Selection | None,
     annotator: str | None,
     double_annotation: float,
     skip: Iterable[tuple[str, str]],
@@ -659,9 +706,9 @@ def _run(
     mem = _TABLES.cursor()
     for attempt in (1, 2):
         if mode == "export":
-            items = _export_table(con, selection or current_selection(con), model, stale_ok)
+            items = _export_table(con, req.selection or current_selection(con), req.model, stale_ok, req)
         else:
-            items = _items_table(con, config, model, seed, stale_ok)
+            items = _items_table(con, req.config, req.model, seed, stale_ok, req)
         sql, params = _queue_sql(mode=mode, items=items, n_done=len(done), **kw)
         mem.register("_done", done)
         try:
@@ -674,16 +721,44 @@ def _run(
     raise AssertionError("unreachable")
 
 
+@dataclass
+class _Request:
+    """What one queue request learned about the store, in two statements (a statement costs 1-3 ms however small:
+    eight of them were a tenth of a request's time at 1M candidates)."""
+
+    model: str
+    config: str
+    selection: Selection | None
+    store: tuple
+    fingerprint: tuple[tuple, Any]
+
+
 def _prepare(
     con: duckdb.DuckDBPyConnection, mode: str, model: str | None, config: str, selection: Selection | None
-) -> tuple[str, str, Selection | None]:
-    """Resolve the model and, in export mode, the settings (whose band configuration then rules)."""
+) -> _Request:
+    """Resolve the model and, in export mode, the settings (whose band configuration then rules); check that the
+    bands exist; read the store's fingerprint."""
+    from auditor.bands import _LATEST_MODEL_KEY, BANDS_WRITTEN_KEY
+    from auditor.select import _SETTINGS_KEY
+
+    meta, sizes = _store_state(con, _SETTINGS_KEY, _LATEST_MODEL_KEY)
+    settings, latest, stamp = meta.get(_SETTINGS_KEY), meta.get(_LATEST_MODEL_KEY), meta.get(BANDS_WRITTEN_KEY)
     if mode == "export":
-        selection = selection or current_selection(con)
+        selection = selection or (Selection.from_json(settings) if settings else Selection())
         config = selection.config
-    model = resolve_model(con, model, config)
-    _check_bands_exist(con, config, model)
-    return model, config, selection
+    chosen = model or latest
+    has_scores, has_bands, fit_id = (False, False, None) if chosen is None else con.execute(
+        f"SELECT EXISTS (SELECT 1 FROM scores WHERE model = $m), "
+        f"EXISTS (SELECT 1 FROM bands WHERE config = $c AND model = $m), {_FIT_SQL}",
+        {"m": chosen, "c": config},
+    ).fetchall()[0]
+    if not has_scores and model is None:  # no record of the latest model: the slow way (and its clear errors)
+        chosen = resolve_model(con, None, config)
+        return _prepare(con, mode, chosen, config, selection)
+    if not has_bands:
+        _check_bands_exist(con, config, chosen)  # raises the error that names the fix
+    return _Request(chosen, config, selection, _store_key(con),
+                    _fingerprint_of(config, chosen, stamp, sizes, fit_id))
 
 
 def build_queue(
@@ -710,11 +785,10 @@ def build_queue(
     sampling_prob (stratified mode only). ``selection`` gives the export settings of export mode (default: those of
     the latest export); its band configuration then replaces ``config``.
     """
-    model, config, selection = _prepare(con, mode, model, config, selection)
+    req = _prepare(con, mode, model, config, selection)
     df = _run(
-        con, mode=mode, config=config, model=model, seed=seed, selection=selection, bands=bands, source=source,
-        query_id=query_id, annotator=annotator, skip=skip, double_annotation=double_share(double_annotation),
-        limit=limit, stale_ok=stale_ok,
+        con, req, mode=mode, seed=seed, bands=bands, source=source, query_id=query_id, annotator=annotator, skip=skip,
+        double_annotation=double_share(double_annotation), limit=limit, stale_ok=stale_ok,
     )
     if len(df):
         df["sources"] = df["sources"].map(lambda s: [str(x) for x in s] if s is not None else [])
@@ -742,15 +816,14 @@ def next_item(
     ``skip`` holds (query_id, doc_id) pairs the annotator skipped in this session; they are left out without any
     event being written. The dict has the columns of :func:`build_queue` plus ``mode``, ``model`` and ``config``.
     """
-    model, config, selection = _prepare(con, mode, model, config, selection)
+    req = _prepare(con, mode, model, config, selection)
     df = _run(
-        con, mode=mode, config=config, model=model, seed=seed, selection=selection, bands=bands, source=source,
-        query_id=query_id, annotator=annotator, skip=skip, double_annotation=double_share(double_annotation), limit=1,
-        stale_ok=stale_ok,
+        con, req, mode=mode, seed=seed, bands=bands, source=source, query_id=query_id, annotator=annotator, skip=skip,
+        double_annotation=double_share(double_annotation), limit=1, stale_ok=stale_ok,
     )
     if df.empty:
         return None
-    return _item_dict(df.iloc[0], mode, model, config, filtered=bool(source or query_id))
+    return _item_dict(df.iloc[0], mode, req.model, req.config, filtered=bool(source or query_id))
 
 
 def _item_dict(row: pd.Series, mode: str, model: str, config: str, filtered: bool) -> dict[str, Any]:
@@ -887,14 +960,14 @@ def claim(
             held = held_items(con, annotator, now)
             new: list[dict[str, Any]] = []
             if len(held) < limit:
-                model, config, selection = _prepare(con, mode, model, config, selection)
+                req = _prepare(con, mode, model, config, selection)
                 held_ids = [(h["query_id"], h["doc_id"]) for h in held]
                 df = _run(
-                    con, mode=mode, config=config, model=model, seed=seed, selection=selection, bands=bands,
-                    source=source, query_id=query_id, annotator=annotator, skip=[*skip, *held_ids], now=now,
+                    con, req, mode=mode, seed=seed, bands=bands, source=source, query_id=query_id,
+                    annotator=annotator, skip=[*skip, *held_ids], now=now,
                     double_annotation=double_share(double_annotation), limit=limit - len(held), stale_ok=stale_ok,
                 )
-                new = [_item_dict(row, mode, model, config, filtered=bool(source or query_id))
+                new = [_item_dict(row, mode, req.model, req.config, filtered=bool(source or query_id))
                        for _, row in df.iterrows()]
                 _insert_leases(con, annotator, new, now, ttl)
     return (held + new)[:limit]

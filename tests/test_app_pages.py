@@ -234,6 +234,18 @@ def test_review_shows_query_positive_candidate_and_why(monkeypatch, handbuilt_st
     assert "Reviewed 0 of 10 (everyone) · 0 by you" in why
 
 
+def test_the_other_candidates_are_listed_with_their_texts_when_opened(monkeypatch, handbuilt_store_path):
+    at = _app(monkeypatch, handbuilt_store_path)
+    at.text_input(key="f_query").input("q3").run()
+    assert _current(at) == ("q3", "n8")
+    (box,) = [e for e in at.expander if e.label.startswith("The query's other candidates")]
+    assert box.label.endswith("(2)") and not at.dataframe  # closed: the siblings' texts are not read
+    at.session_state["exp_others"] = True
+    at.run()
+    (df,) = [d.value for d in at.dataframe]
+    assert list(df["doc_id"]) == ["n9", "n1"] and df["snippet"].str.startswith("text of n").all()
+
+
 def test_verdicts_land_in_store_undo_takes_back_and_note_is_kept(monkeypatch, handbuilt_store_path):
     at = _app(monkeypatch, handbuilt_store_path)
     at.text_input(key="note").input("same topic as the positive").run()
