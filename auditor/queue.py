@@ -60,8 +60,8 @@ import pandas as pd
 import pyarrow as pa
 
 from auditor.config import DEFAULT_BAND_CONFIG, ReviewConfig
-from auditor.select import Selection, current_selection, sql_literal as _lit, verdict_flags_sql
-from auditor.store import StoreError, in_transaction, transaction
+from auditor.select import Selection, current_selection, query_ids_sql, verdict_flags_sql
+from auditor.store import StoreError, background_work, in_transaction, transaction
 
 MODES = ("export", "risk", "stratified")
 #: What a verdict may record as its queue: a stratified walk narrowed by source or query is not a band sample.
@@ -239,7 +239,8 @@ class _MemTables:
     def _rebuild(self, cur: duckdb.DuckDBPyConnection, key: tuple, fingerprint: tuple, build: Callable,
                  fingerprint_of: Callable) -> None:
         try:
-            self._build(cur, key, fingerprint, build, fingerprint_of)
+            with background_work(cur):
+                self._build(cur, key, fingerprint, build, fingerprint_of)
         except Exception:  # noqa: BLE001 - the old table stays in service; the next request tries again
             pass
         finally:
@@ -510,7 +511,7 @@ def _export_table(
             sel, only = selection.sql(con, model), ""
         elif len(queries) <= _PATCH_BY_ID:
             sel = selection.sql(con, model, query_ids=queries)
-            only = f"AND query_id = ANY([{', '.join(_lit(q) for q in queries)}]::VARCHAR[])"
+            only = f"AND {query_ids_sql(queries)}"
         else:
             con.register("_dirty_queries", pa.table({"query_id": pa.array(queries, pa.string())}))
             sel = selection.sql(con, model, queries="_dirty_queries")

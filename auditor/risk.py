@@ -40,7 +40,7 @@ import duckdb
 import numpy as np
 
 from auditor.config import RiskConfig
-from auditor.store import transaction
+from auditor.store import background_work, transaction
 
 log = logging.getLogger(__name__)
 
@@ -388,8 +388,9 @@ class BackgroundRefit:
         started = time.monotonic()
         try:
             cur = self._cursor()
-            fit(cur, model, self.cfg)
-            queue.refresh(cur)
+            with background_work(cur):
+                fit(cur, model, self.cfg)
+                queue.refresh(cur)
             self.fits += 1
             self.last_error = None
         except Exception as exc:  # noqa: BLE001 - a failed background fit leaves the old risk in force

@@ -35,12 +35,14 @@ OUTPUT_COLUMNS = (
 )
 
 
-def sql_literal(s: str) -> str:
-    """``s`` as a SQL string literal (for statements whose values are inlined)."""
+def _lit(s: str) -> str:
     return "'" + str(s).replace("'", "''") + "'"
 
 
-_lit = sql_literal
+def query_ids_sql(query_ids: Sequence[str]) -> str:
+    """A condition on ``query_id`` naming the given queries, with the ids inlined: DuckDB applies it inside each scan
+    and skips the row groups whose zone maps exclude them (a semi-join on a table of ids reads every row)."""
+    return f"query_id = ANY([{', '.join(_lit(q) for q in query_ids)}]::VARCHAR[])"
 
 
 def _uniform(seed: int) -> str:
@@ -66,7 +68,7 @@ def _pool_sql(
     # aggregate the whole table before the join could filter them.
     only = "" if queries is None else f" AND query_id IN (SELECT query_id FROM {queries})"
     if query_ids is not None:  # a constant filter: DuckDB skips the row groups whose zone maps exclude it
-        only += f" AND query_id = ANY([{', '.join(_lit(q) for q in query_ids)}]::VARCHAR[])"
+        only += f" AND {query_ids_sql(query_ids)}"
     where = "WHERE true" + only
     return f"""
         SELECT b.query_id, b.doc_id, b.band, b.rule, b.weight, s.s_neg, s.rank, c.source, r.p_fn,

@@ -234,7 +234,10 @@ def item_area() -> None:
         cand_html = _box("candidate", "Candidate", f"doc {d} · found by {', '.join(cand['sources']) or 'n/a'}",
                          cand["text"], words, title=cand.get("title"),
                          tags=(BAND_TAGS[band],) if band in BAND_TAGS else ())
-        st.html(_box("query", "Query", f"query {q}", ctx["query"], in_candidate, limit=600)
+        # data-item: which item these texts are (with the serial its buttons carry): the browser test logs an item
+        # as on screen once its texts and its verdict buttons are both drawn (a run cut short draws only some).
+        st.html(f'<span data-item="{html.escape(q)}/{html.escape(d)}#{serial}" hidden></span>'
+                + _box("query", "Query", f"query {q}", ctx["query"], in_candidate, limit=600)
                 + f'<div class="ad-pair">{pos_html}{cand_html}</div>')
         if len(positives) > 1:
             def fmt(i: int) -> str:

@@ -110,10 +110,13 @@ def browser():
 LOG_JS = """
 window.__keys = []; window.__shown = []; window.__last = null;
 document.addEventListener('keydown', (e) => window.__keys.push({key: e.key, t: performance.now()}), true);
+// An item is on screen once its texts (data-item) and the verdict buttons of the same serial are drawn: a key then
+// judges it. (The end-of-item marker may never be drawn when a key cuts the run short.)
 new MutationObserver(() => {
-  const el = document.querySelector('[data-review-item]');
-  const id = el ? el.getAttribute('data-review-item') : null;
-  if (id && id !== window.__last) { window.__last = id; window.__shown.push({id: id, t: performance.now()}); }
+  const el = document.querySelector('[data-item]');
+  const id = el ? el.getAttribute('data-item') : null;
+  const armed = id && document.querySelector('.st-key-v_true_negative_' + id.split('#').pop());
+  if (armed && id !== window.__last) { window.__last = id; window.__shown.push({id: id, t: performance.now()}); }
 }).observe(document, {subtree: true, childList: true, attributes: true});
 """
 

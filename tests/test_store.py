@@ -51,3 +51,24 @@ def test_transaction_rolls_back_on_error(store):
             store.execute("INSERT INTO queries VALUES ('q', 't', 'h', 'd', NULL)")
             store.execute("INSERT INTO verdicts (query_id, doc_id, verdict, annotator) VALUES ('q', 'd', 'maybe', 'a')")
     assert store.execute("SELECT count(*) FROM queries").fetchone()[0] == 0
+
+
+def test_background_work_takes_half_the_threads_until_the_last_block_ends(tmp_path):
+    from auditor.store import background_work
+
+    con = open_store(tmp_path / "bg.duckdb")
+    con.execute("SET threads = 4")
+    threads = lambda: int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])  # noqa: E731
+    with background_work(con):
+        assert threads() == 2
+        with background_work(con.cursor()):  # a second block (another thread's cursor) at the same time
+            assert threads() == 2
+        assert threads() == 2  # the first block still runs
+    assert threads() == 4
+    con.execute("SET threads = 1")
+    with pytest.raises(RuntimeError):
+        with background_work(con):
+            assert threads() == 1  # never below one
+            raise RuntimeError("a failed refit")
+    assert threads() == 1
+    con.close()
