@@ -321,3 +321,13 @@ def sibling_texts(con: duckdb.DuckDBPyConnection, doc_ids: Iterable[str]) -> dic
         f"SELECT doc_id, title, left(text, {int(SNIPPET_CHARS)}) FROM documents WHERE doc_id = ANY(?)", [ids]
     ).fetchall()
     return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def others_with_texts(con: duckdb.DuckDBPyConnection, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """``ctx["others"]`` with each sibling's ``title`` and ``snippet``, read once per context (the Review page runs
+    again on every key while the list is open; the worklist keeps the context)."""
+    if "others_texts" not in ctx:
+        ctx["others_texts"] = sibling_texts(con, [o["doc_id"] for o in ctx["others"]])
+    texts = ctx["others_texts"]
+    return [{**o, "title": texts.get(o["doc_id"], (None, None))[0], "snippet": texts.get(o["doc_id"], (None, None))[1]}
+            for o in ctx["others"]]

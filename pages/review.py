@@ -300,10 +300,7 @@ def _others(ctx: dict) -> None:
     others = ctx["others"]
     with st.expander(f"The query's other candidates ({len(others)})", key="exp_others", on_change="rerun") as box:
         if box.open and others:
-            df = pd.DataFrame(others)
-            texts = review.sibling_texts(ui.cursor(), df["doc_id"])
-            df["title"] = df["doc_id"].map(lambda d: texts.get(d, (None, None))[0])
-            df["snippet"] = df["doc_id"].map(lambda d: texts.get(d, (None, None))[1])
+            df = pd.DataFrame(review.others_with_texts(ui.cursor(), ctx))
             df["band"] = df["band"].map(lambda b: ui.BAND_LABELS.get(b, b))
             st.dataframe(df[["rank", "band", "s_neg", "delta", "doc_id", "title", "snippet"]], hide_index=True,
                          width="stretch", column_config={

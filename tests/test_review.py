@@ -199,6 +199,9 @@ def test_item_context(handbuilt_store):
     assert [o["doc_id"] for o in ctx["others"]] == ["n9", "n1"]
     texts = review.sibling_texts(handbuilt_store, [o["doc_id"] for o in ctx["others"]])  # when the page lists them
     assert set(texts) == {"n9", "n1"} and all(len(snippet) <= review.SNIPPET_CHARS for _, snippet in texts.values())
+    listed = review.others_with_texts(handbuilt_store, ctx)
+    assert [(o["doc_id"], o["snippet"]) for o in listed] == [("n9", texts["n9"][1]), ("n1", texts["n1"][1])]
+    assert ctx["others_texts"] == texts  # read once per context: the page's reruns reuse it
     with pytest.raises(StoreError, match="unknown document"):
         review.item_context(handbuilt_store, "q3", "no-such-doc")
     with pytest.raises(StoreError, match="unknown query"):
