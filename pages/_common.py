@@ -6,6 +6,7 @@ widgets and call the library (auditor.review, auditor.bands, auditor.export, ...
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 import streamlit as st
 
 from auditor import config
+from auditor.ui_helpers import VERDICT_KEYS
 from auditor.store import SharedStore
 
 #: Colour and label of each band, used on every page (red = likely false negative).
@@ -370,24 +372,49 @@ def worklist(user, queue_kw: dict):
     return wl
 
 
+#: The Review page's keys: the key, then the prefixes of the button keys it presses (the first one on the page).
+REVIEW_KEYS = {
+    **{k: [f"v_{verdict}_"] for verdict, k in VERDICT_KEYS.items()},
+    "S": ["v_skip_"],
+    "Z": ["v_undo_", "undo_empty_"],
+}
+
 #: Keys go to the app, not to a text field the annotator has finished with: Esc leaves any field, Enter leaves a
-#: one-line field after submitting it (the value is sent first). Installed once per browser tab.
+#: one-line field after submitting it (the value is sent first). A review key outside a field clicks the button of
+#: that key that is on the page at that moment (Streamlit's own shortcut handling could lose a key pressed while its
+#: buttons re-registered: a key that did nothing, about once in a few hundred in the browser tests). The buttons keep
+#: ``shortcut=`` for their key hint; the key never reaches Streamlit's handler. Installed once per browser tab.
 KEYBOARD_JS = """<script>
 if (!window.__auditorKeys) {
   window.__auditorKeys = true;
-  document.addEventListener('keydown', (e) => {
+  const REVIEW_KEYS = %s;
+  const isField = (t) => t && t.tagName && (t.tagName === 'TEXTAREA' || t.tagName === 'SELECT'
+    || t.isContentEditable || (t.tagName === 'INPUT' && !['checkbox', 'radio', 'range', 'button', 'submit',
+    'file', 'color'].includes(t.type)));
+  window.addEventListener('keydown', (e) => {
     const t = e.target;
-    if (!t || !t.tagName) return;
-    const field = t.tagName === 'TEXTAREA' || (t.tagName === 'INPUT' && !['checkbox', 'radio', 'range', 'button',
-      'submit', 'file', 'color'].includes(t.type));
-    if (!field) return;
-    if (e.key === 'Escape') { t.blur(); }
-    else if (e.key === 'Enter' && t.tagName === 'INPUT' && t.getAttribute('role') !== 'combobox') {
-      setTimeout(() => t.blur(), 0);
+    if (isField(t)) {
+      if (e.key === 'Escape') { t.blur(); }
+      else if (e.key === 'Enter' && t.tagName === 'INPUT' && t.getAttribute('role') !== 'combobox') {
+        setTimeout(() => t.blur(), 0);
+      }
+      return;
+    }
+    if (e.ctrlKey || e.metaKey || e.altKey || !e.key || e.key.length !== 1) return;
+    const prefixes = REVIEW_KEYS[e.key.toUpperCase()];
+    if (!prefixes) return;
+    for (const prefix of prefixes) {
+      const button = document.querySelector('[class*="st-key-' + prefix + '"] button');
+      if (button) {
+        e.preventDefault();
+        e.stopImmediatePropagation();  // Streamlit's shortcut handler must not press it a second time
+        if (!e.repeat && !button.disabled) button.click();
+        return;
+      }
     }
   }, true);
 }
-</script>"""
+</script>""" % json.dumps(REVIEW_KEYS)
 
 
 def keyboard_script() -> None:
