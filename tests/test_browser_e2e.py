@@ -154,8 +154,12 @@ def _check_bursts(log: dict, events: list[tuple], bursts: list[str]) -> None:
     on screen; a later key judges the next item, or nothing; a key judges an item only if that item's verdict
     buttons were drawn before the key went down (its texts come with them, one render later); items are judged in
     the order they were shown, each once; nothing else is judged."""
-    shown = [s["id"].split("#")[0] for s in log["shown"]]
-    serials = {}  # item -> the serials it was shown with
+    shown: list[str] = []  # items in the order shown (an item drawn again under a new serial counts once)
+    for s in log["shown"]:
+        item = s["id"].split("#")[0]
+        if not shown or shown[-1] != item:
+            shown.append(item)
+    serials: dict[str, list[str]] = {}  # item -> the serials it was shown with
     for s in log["shown"]:
         item, serial = s["id"].split("#")
         serials.setdefault(item, []).append(serial)
