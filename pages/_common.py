@@ -372,18 +372,31 @@ def worklist(user, queue_kw: dict):
     return wl
 
 
-#: The Review page's keys: the key, then the prefixes of the button keys it presses (the first one on the page).
-REVIEW_KEYS = {
-    **{k: [f"v_{verdict}_"] for verdict, k in VERDICT_KEYS.items()},
-    "S": ["v_skip_"],
-    "Z": ["v_undo_", "undo_empty_"],
+#: The Review page's buttons that keys press: action -> (key, prefix of the button's widget key; the item's serial
+#: follows it, so a key can only press the buttons of the item on screen).
+REVIEW_BUTTONS = {
+    **{verdict: (k, f"v_{verdict}_") for verdict, k in VERDICT_KEYS.items()},
+    "skip": ("S", "v_skip_"),
+    "undo": ("Z", "v_undo_"),
+    "undo_empty": ("Z", "undo_empty_"),  # "Undo last verdict" when the queue is empty
 }
 
+#: Each key, then the prefixes of the button keys it presses (the first one on the page).
+REVIEW_KEYS = {key: [p for k, p in REVIEW_BUTTONS.values() if k == key] for key, _ in REVIEW_BUTTONS.values()}
+
+
+def review_button(action: str, serial: int) -> dict:
+    """The ``key=`` and ``shortcut=`` (its hint; KEYBOARD_JS presses it) of a Review page button."""
+    key, prefix = REVIEW_BUTTONS[action]
+    return {"key": f"{prefix}{serial}", "shortcut": key}
+
 #: Keys go to the app, not to a text field the annotator has finished with: Esc leaves any field, Enter leaves a
-#: one-line field after submitting it (the value is sent first). A review key outside a field clicks the button of
+#: one-line field after submitting it (the value is sent first). A review key outside a field presses the button of
 #: that key that is on the page at that moment (Streamlit's own shortcut handling could lose a key pressed while its
-#: buttons re-registered: a key that did nothing, about once in a few hundred in the browser tests). The buttons keep
-#: ``shortcut=`` for their key hint; the key never reaches Streamlit's handler. Installed once per browser tab.
+#: buttons re-registered). Streamlit loads a button's code lazily: after a page load (sign-in, reload, a new tab) the
+#: button's box is on the page, with the item, a moment before the button inside it is drawn; a key pressed then
+#: acts once that box's button is drawn (within 5 s, if the box is still there; a key held down acts once). The
+#: buttons keep ``shortcut=`` for their key hint; the key never reaches Streamlit's handler. Installed once per tab.
 KEYBOARD_JS = """<script>
 if (!window.__auditorKeys) {
   window.__auditorKeys = true;
@@ -391,6 +404,18 @@ if (!window.__auditorKeys) {
   const isField = (t) => t && t.tagName && (t.tagName === 'TEXTAREA' || t.tagName === 'SELECT'
     || t.isContentEditable || (t.tagName === 'INPUT' && !['checkbox', 'radio', 'range', 'button', 'submit',
     'file', 'color'].includes(t.type)));
+  const waiting = new Set();  // boxes whose button a key waits for
+  const press = (name, since) => {
+    const button = document.querySelector('.' + CSS.escape(name) + ' button');
+    if (button) {
+      waiting.delete(name);
+      if (!button.disabled) button.click();
+    } else if (document.querySelector('.' + CSS.escape(name)) && performance.now() - since < 5000) {
+      setTimeout(() => press(name, since), 20);
+    } else {
+      waiting.delete(name);
+    }
+  };
   window.addEventListener('keydown', (e) => {
     const t = e.target;
     if (isField(t)) {
@@ -404,13 +429,13 @@ if (!window.__auditorKeys) {
     const prefixes = REVIEW_KEYS[e.key.toUpperCase()];
     if (!prefixes) return;
     for (const prefix of prefixes) {
-      const button = document.querySelector('[class*="st-key-' + prefix + '"] button');
-      if (button) {
-        e.preventDefault();
-        e.stopImmediatePropagation();  // Streamlit's shortcut handler must not press it a second time
-        if (!e.repeat && !button.disabled) button.click();
-        return;
-      }
+      const box = document.querySelector('[class*="st-key-' + prefix + '"]');
+      if (!box) continue;
+      e.preventDefault();
+      e.stopImmediatePropagation();  // Streamlit's shortcut handler must not press it a second time
+      const name = Array.from(box.classList).find((c) => c.startsWith('st-key-' + prefix));
+      if (!e.repeat && !waiting.has(name)) { waiting.add(name); press(name, performance.now()); }
+      return;
     }
   }, true);
 }

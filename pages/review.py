@@ -18,7 +18,7 @@ from auditor import queue, review
 from auditor.risk import describe
 from auditor.store import StoreError
 from auditor.ui_helpers import (
-    VERDICT_KEYS, VERDICT_LABELS, apply_history_edits, band_config_of, explain_rule, get_guidelines, highlight_html,
+    VERDICT_LABELS, apply_history_edits, band_config_of, explain_rule, get_guidelines, highlight_html,
     query_words, recent_verdicts, safe_markdown,
 )
 from pages import _common as ui
@@ -193,8 +193,8 @@ def item_area() -> None:
         n_skipped = len(queue.skipped(con, user.name))
         st.success("Nothing left for you in this queue." + (f" You skipped {n_skipped} item(s)." if n_skipped else ""))
         c1, c2 = st.columns(2)
-        c1.button("Undo last verdict", icon=":material/undo:", shortcut="Z", on_click=_undo, args=(serial,),
-                  key=f"undo_empty_{serial}")
+        c1.button("Undo last verdict", icon=":material/undo:", on_click=_undo, args=(serial,),
+                  **ui.review_button("undo_empty", serial))
         if n_skipped:
             c2.button("Bring skipped items back", icon=":material/replay:", on_click=_bring_back, key="bring_back")
         return
@@ -255,16 +255,17 @@ def item_area() -> None:
     with right:
         for verdict, kind in (("false_negative", "primary"), ("true_negative", "secondary"),
                               ("unsure", "secondary")):
-            st.button(VERDICT_LABELS[verdict], key=f"v_{verdict}_{serial}", shortcut=VERDICT_KEYS[verdict],
-                      type=kind, on_click=_verdict, args=(verdict, q, d, serial), width="stretch")
+            st.button(VERDICT_LABELS[verdict], **ui.review_button(verdict, serial), type=kind, on_click=_verdict,
+                      args=(verdict, q, d, serial), width="stretch")
         b1, b2 = st.columns(2)
-        b1.button("Skip", key=f"v_skip_{serial}", shortcut="S", on_click=_skip, args=(q, d, serial),
+        b1.button("Skip", **ui.review_button("skip", serial), on_click=_skip, args=(q, d, serial),
                   width="stretch", help="set it aside: it leaves your queue until you bring it back")
-        b2.button("Undo", key=f"v_undo_{serial}", shortcut="Z", on_click=_undo, args=(serial,), width="stretch",
+        b2.button("Undo", **ui.review_button("undo", serial), on_click=_undo, args=(serial,), width="stretch",
                   help="take back your last verdict")
         st.text_input("Note (optional)", key="note", placeholder="Note (optional)", label_visibility="collapsed",
                       help="saved with your next verdict; Esc or Enter leaves the field so keys judge again")
-        # Last on the screen: the marker says the item and the buttons that judge it are drawn (tests, benchmark).
+        # Last on the screen: the marker says the item and its buttons' boxes are drawn (tests, benchmark); a key
+        # acts from then on, once Streamlit has the button code (after a page load it may still be loading it).
         st.html(_why(ctx, cand, cfg) + f'<span data-review-item="{html.escape(q)}/{html.escape(d)}#{serial}"></span>')
     wl.prefetch()  # the next items' leases and contexts, in the background, while the annotator reads this one
 

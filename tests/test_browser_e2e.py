@@ -4,8 +4,9 @@ A store with accounts (an admin, a lead, two annotators) serves the team: an ano
 form on every URL; each role sees its pages; an annotator reviews with the keyboard at 1366x768 (layout checked by
 element positions), keys in quick succession never judge an item that was not on screen, the first key after
 sign-in counts, keys never type into a field after Esc, a key held down judges once, a reload keeps the identity
-and the skips; two annotators in two browser contexts never get the same item. Data text containing HTML and
-Markdown must show as text. The tests save the screenshots in docs/.
+and the skips, a key pressed while the buttons' code is still loading acts once they are drawn; two annotators in
+two browser contexts never get the same item. Data text containing HTML and Markdown must show as text. The tests
+save the screenshots in docs/.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ USERS = {"ada": "admin", "lee": "lead", "ann": "annotator", "bob": "annotator"}
 #: URL of each page (st.Page's url_path from the file name; the default page is the root).
 URLS = {"review": "", "histograms": "histograms", "load": "load", "export": "export", "team": "team"}
 ITEM = "[data-review-item]"
+VERDICT_BUTTONS = '[class*="st-key-v_"] button'
 
 pytestmark = [
     pytest.mark.browser,
@@ -113,15 +115,30 @@ def browser():
         b.close()
 
 
-#: Logged in every page: each key's time; when the texts of each item appeared (its data-item span, "query/doc#serial");
-#: when the first verdict button of each serial appeared (Streamlit draws an st.html body one render after the
-#: buttons of the same run, so a key can press the next item's button a moment before its texts show); and what the
-#: page sent to the server.
+#: Logged in every page: each key's time (with whether the app's key handler was installed and which verdict buttons
+#: were drawn); when the texts of each item appeared (its data-item span, "query/doc#serial"); when the first verdict
+#: button box of each serial appeared (a key acts on that item from then on: the app's handler waits for the button
+#: inside if Streamlit is still loading its code; Streamlit draws an st.html body one render after the buttons of
+#: the same run, so a key can press the next item's button a moment before its texts show); the clicks made by code
+#: (the app's key handler); and what the page sent to the server.
 LOG_JS = """
 window.__keys = []; window.__shown = []; window.__last = null; window.__armed = {}; window.__sent = [];
-// on window, capturing, registered before the app's own key handler (init scripts run first): every key is logged
+window.__clicks = [];
+// on window, capturing, registered before the app's own key handler (init scripts run first): every key is logged,
+// with whether the app's key handler was installed by then
 window.addEventListener('keydown', (e) => window.__keys.push({key: e.key, t: performance.now(),
-  target: e.target && e.target.tagName, active: document.activeElement && document.activeElement.tagName}), true);
+  target: e.target && e.target.tagName, active: document.activeElement && document.activeElement.tagName,
+  handler: !!window.__auditorKeys, buttons: Array.from(document.querySelectorAll('[class*="st-key-v_"] button'))
+    .map((b) => (b.closest('[class*="st-key-"]').className.match(/st-key-(\\S+)/) || [])[1] + (b.disabled ? ':disabled' : ''))}),
+  true);
+// every click made by code (the app's key handler clicks the button of a key), with the button's key and state
+const click = HTMLElement.prototype.click;
+HTMLElement.prototype.click = function () {
+  const box = this.closest('[class*="st-key-"]');
+  window.__clicks.push({t: performance.now(), key: box ? (box.className.match(/st-key-(\\S+)/) || [])[1] : null,
+    disabled: !!this.disabled, connected: this.isConnected});
+  return click.call(this);
+};
 const send = WebSocket.prototype.send;
 WebSocket.prototype.send = function (data) {
   window.__sent.push({t: performance.now(), bytes: data.byteLength || data.length || data.size});
@@ -233,7 +250,7 @@ def _explain_timeout(page) -> None:
 
     try:
         print("browser log:", page.evaluate("({keys: window.__keys, shown: window.__shown, armed: window.__armed, "
-                                            "sent: window.__sent})"))
+                                            "sent: window.__sent, clicks: window.__clicks})"))
         print("page text:", page.locator("body").inner_text()[:3000])
     except Exception as exc:  # noqa: BLE001 - diagnostics only
         print("page unreadable:", exc)
@@ -353,11 +370,21 @@ def test_reload_keeps_the_annotator_signed_in_with_the_skips(server, browser):
         first = _item(page)
         page.keyboard.press("s")  # skip
         second = _next_item(page, first)
+        # Streamlit loads a button's code lazily: hold it back, so the item is on screen before its buttons are
+        # drawn; a key pressed then acts once they are (a key that did nothing after a page load, in CI).
+        held_code: list = []
+        page.route("**/static/js/Button.*.js", lambda route: held_code.append(route))
         page.reload()
         assert page.get_by_label("Password", exact=True).count() == 0
         held = _item(page)
         assert _ids(held) == _ids(second)  # the same held item, the skipped one still out
+        assert held_code and page.locator(VERDICT_BUTTONS).count() == 0
         page.keyboard.press("t")
+        page.wait_for_timeout(500)
+        assert _item(page) == held
+        for route in held_code:
+            route.continue_()
+        page.unroute("**/static/js/Button.*.js")
         third = _next_item(page, held)
         for _ in range(4):  # a key held down (the keyboard repeats it) judges once
             page.keyboard.down("u")
