@@ -395,7 +395,8 @@ def review_button(action: str, serial: int) -> dict:
 #: that key that is on the page at that moment (Streamlit's own shortcut handling could lose a key pressed while its
 #: buttons re-registered). Streamlit loads a button's code lazily: after a page load (sign-in, reload, a new tab) the
 #: button's box is on the page, with the item, a moment before the button inside it is drawn; a key pressed then
-#: acts once that box's button is drawn (within 5 s, if the box is still there; a key held down acts once). The
+#: acts once that box's button is drawn (within 5 s, if the box is still there; keys pressed meanwhile and a key
+#: held down do nothing more: the serial guard would drop them anyway, and they might judge in another order). The
 #: buttons keep ``shortcut=`` for their key hint; the key never reaches Streamlit's handler. Installed once per tab.
 KEYBOARD_JS = """<script>
 if (!window.__auditorKeys) {
@@ -404,16 +405,16 @@ if (!window.__auditorKeys) {
   const isField = (t) => t && t.tagName && (t.tagName === 'TEXTAREA' || t.tagName === 'SELECT'
     || t.isContentEditable || (t.tagName === 'INPUT' && !['checkbox', 'radio', 'range', 'button', 'submit',
     'file', 'color'].includes(t.type)));
-  const waiting = new Set();  // boxes whose button a key waits for
+  let waiting = null;  // the box whose button a key waits for: later keys, a burst on the same item, do nothing
   const press = (name, since) => {
     const button = document.querySelector('.' + CSS.escape(name) + ' button');
     if (button) {
-      waiting.delete(name);
+      waiting = null;
       if (!button.disabled) button.click();
     } else if (document.querySelector('.' + CSS.escape(name)) && performance.now() - since < 5000) {
       setTimeout(() => press(name, since), 20);
     } else {
-      waiting.delete(name);
+      waiting = null;
     }
   };
   window.addEventListener('keydown', (e) => {
@@ -434,7 +435,7 @@ if (!window.__auditorKeys) {
       e.preventDefault();
       e.stopImmediatePropagation();  // Streamlit's shortcut handler must not press it a second time
       const name = Array.from(box.classList).find((c) => c.startsWith('st-key-' + prefix));
-      if (!e.repeat && !waiting.has(name)) { waiting.add(name); press(name, performance.now()); }
+      if (!e.repeat && waiting === null) { waiting = name; press(name, performance.now()); }
       return;
     }
   }, true);
