@@ -390,6 +390,7 @@ def review_button(action: str, serial: int) -> dict:
     key, prefix = REVIEW_BUTTONS[action]
     return {"key": f"{prefix}{serial}", "shortcut": key}
 
+
 #: Keys go to the app, not to a text field the annotator has finished with: Esc leaves any field, Enter leaves a
 #: one-line field after submitting it (the value is sent first). A review key outside a field presses the button of
 #: that key that is on the page at that moment (Streamlit's own shortcut handling could lose a key pressed while its
