@@ -124,19 +124,21 @@ def browser():
 LOG_JS = """
 window.__keys = []; window.__shown = []; window.__last = null; window.__armed = {}; window.__sent = [];
 window.__clicks = [];
+const keyOf = (el) => {  // the Streamlit widget key of the box an element is in
+  const box = el && el.closest('[class*="st-key-"]');
+  return box ? (box.className.match(/st-key-(\\S+)/) || [])[1] : null;
+};
 // on window, capturing, registered before the app's own key handler (init scripts run first): every key is logged,
-// with whether the app's key handler was installed by then
+// with whether the app's key handler was installed by then and which verdict buttons were drawn
 window.addEventListener('keydown', (e) => window.__keys.push({key: e.key, t: performance.now(),
   target: e.target && e.target.tagName, active: document.activeElement && document.activeElement.tagName,
-  handler: !!window.__auditorKeys, buttons: Array.from(document.querySelectorAll('[class*="st-key-v_"] button'))
-    .map((b) => (b.closest('[class*="st-key-"]').className.match(/st-key-(\\S+)/) || [])[1] + (b.disabled ? ':disabled' : ''))}),
-  true);
+  handler: !!window.__auditorKeys,
+  buttons: Array.from(document.querySelectorAll(%r)).map((b) => keyOf(b) + (b.disabled ? ':disabled' : ''))}), true);
 // every click made by code (the app's key handler clicks the button of a key), with the button's key and state
 const click = HTMLElement.prototype.click;
 HTMLElement.prototype.click = function () {
-  const box = this.closest('[class*="st-key-"]');
-  window.__clicks.push({t: performance.now(), key: box ? (box.className.match(/st-key-(\\S+)/) || [])[1] : null,
-    disabled: !!this.disabled, connected: this.isConnected});
+  window.__clicks.push({t: performance.now(), key: keyOf(this), disabled: !!this.disabled,
+    connected: this.isConnected});
   return click.call(this);
 };
 const send = WebSocket.prototype.send;
@@ -154,7 +156,7 @@ new MutationObserver(() => {
   const id = el ? el.getAttribute('data-item') : null;
   if (id && id !== window.__last) { window.__last = id; window.__shown.push({id: id, t: now}); }
 }).observe(document, {subtree: true, childList: true, attributes: true});
-"""
+""" % VERDICT_BUTTONS
 
 VERDICT_OF_KEY = {"f": "false_negative", "t": "true_negative", "u": "unsure"}
 
