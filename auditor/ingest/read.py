@@ -22,6 +22,7 @@ from auditor.ingest.errors import IngestError
 from auditor.ingest.limits import MAX_RECORD_BYTES
 from auditor.ingest.rules import Field, problem_sql, quote, split_problem
 from auditor.ingest.scratch import Scratch
+from auditor.sql import lit
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,6 @@ class Rejects:
             self._fh = None
 
 
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _short(exc: Exception, path: Path) -> str:
@@ -160,7 +159,7 @@ def jsonl_keys(con: duckdb.DuckDBPyConnection, src: Source, scratch: Scratch) ->
     try:
         rows = _execute(
             con,
-            f"SELECT DISTINCT unnest(json_keys(json)) FROM read_json_objects({_lit(str(src.read_path))}, "
+            f"SELECT DISTINCT unnest(json_keys(json)) FROM read_json_objects({lit(str(src.read_path))}, "
             f"format = 'newline_delimited', maximum_object_size = {MAX_RECORD_BYTES})",
         )
         return src, {r[0] for r in rows}
@@ -187,9 +186,9 @@ def refuse_unreadable(src: Source, rejects: Rejects | None) -> None:
 
 
 def _jsonl_sql(path: Path, keys: list[str]) -> str:
-    spec = ", ".join(f"{_lit(k)}: 'JSON'" for k in keys)
+    spec = ", ".join(f"{lit(k)}: 'JSON'" for k in keys)
     return (
-        f"read_json({_lit(str(path))}, format = 'newline_delimited', columns = {{{spec}}}, "
+        f"read_json({lit(str(path))}, format = 'newline_delimited', columns = {{{spec}}}, "
         f"maximum_object_size = {MAX_RECORD_BYTES})"
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from auditor.ingest.limits import BLANK_CHARS, MAX_ABS_SCORE, MAX_ID_CHARS, MAX_RECORD_BYTES
+from auditor.sql import lit
 
 #: Field kinds.
 TEXT = "text"  # a string with at least one character that is not blank
@@ -45,8 +46,6 @@ class Rule:
     message: str
 
 
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 #: RE2 class matching a string made only of blank characters (empty included).
@@ -59,7 +58,7 @@ _TYPE_NAMES = {
 
 
 def _type_name(json_type_sql: str) -> str:
-    cases = " ".join(f"WHEN {_lit(t)} THEN {_lit(n)}" for t, n in _TYPE_NAMES.items())
+    cases = " ".join(f"WHEN {lit(t)} THEN {lit(n)}" for t, n in _TYPE_NAMES.items())
     return f"(CASE {json_type_sql} {cases} ELSE lower({json_type_sql}) END)"
 
 
@@ -70,7 +69,7 @@ def _first_item(v_items: str, bad: str) -> str:
 
 
 _IS_STRING = Rule("json_type({v}) <> 'VARCHAR'", "'expected a string, got ' || " + _type_name("json_type({v})"))
-_NOT_BLANK = Rule(f"regexp_full_match(json_extract_string({{v}}, '$'), {_lit(BLANK_RE)})",
+_NOT_BLANK = Rule(f"regexp_full_match(json_extract_string({{v}}, '$'), {lit(BLANK_RE)})",
                   "'blank: empty or only whitespace'")
 _IS_LIST = Rule("json_type({v}) <> 'ARRAY'", "'expected a list, got ' || " + _type_name("json_type({v})"))
 _NOT_EMPTY = Rule("json_array_length({v}) = 0", "'empty list'")
@@ -82,7 +81,7 @@ _ITEMS_STRINGS = Rule(
     f"'expected a list of strings, but item ' || {_NOT_STRING} || ' is ' || "
     + _type_name(f"({_ITEM_TYPES})[{_NOT_STRING}]"),
 )
-_BLANK_ITEM = _first_item("json_extract_string({v}, '$[*]')", f"regexp_full_match(x, {_lit(BLANK_RE)})")
+_BLANK_ITEM = _first_item("json_extract_string({v}, '$[*]')", f"regexp_full_match(x, {lit(BLANK_RE)})")
 _ITEMS_NOT_BLANK = Rule(f"{_BLANK_ITEM} > 0", f"'item ' || {_BLANK_ITEM} || ' is blank: empty or only whitespace'")
 _NOT_NUMBER = _first_item(_ITEM_TYPES, "x NOT IN ('BIGINT', 'UBIGINT', 'DOUBLE')")
 _ITEMS_NUMBERS = Rule(
@@ -94,7 +93,7 @@ _ITEMS_NUMBERS = Rule(
 _OUT_OF_RANGE = _first_item("TRY_CAST({v} AS DOUBLE[])", f"NOT (abs(x) <= {MAX_ABS_SCORE!r})")
 _ITEMS_IN_RANGE = Rule(
     f"{_OUT_OF_RANGE} > 0",
-    f"'item ' || {_OUT_OF_RANGE} || {_lit(f' is NaN, infinite or beyond ±{MAX_ABS_SCORE:,.0f}')}",
+    f"'item ' || {_OUT_OF_RANGE} || {lit(f' is NaN, infinite or beyond ±{MAX_ABS_SCORE:,.0f}')}",
 )
 _IS_ID = Rule(
     "json_type({v}) NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT')",
@@ -125,7 +124,7 @@ def _missing(col: str) -> str:
 
 
 def _problem(field: str, message_sql: str) -> str:
-    return f"{_lit(field + SEP)} || coalesce({message_sql}, 'invalid value')"
+    return f"{lit(field + SEP)} || coalesce({message_sql}, 'invalid value')"
 
 
 def problem_sql(fields: list[Field], same_length: list[tuple[str, str]] | None = None) -> str:
@@ -152,7 +151,7 @@ def problem_sql(fields: list[Field], same_length: list[tuple[str, str]] | None =
         n_t, n_s = f"json_array_length({t})", f"json_array_length({s})"
         whens.append((
             f"NOT {_missing(t)} AND NOT {_missing(s)} AND coalesce({n_t} <> {n_s}, true)",
-            _problem(scores, f"'has ' || {n_s} || ' values for ' || {n_t} || {_lit(f' entries of {texts!r}')}"),
+            _problem(scores, f"'has ' || {n_s} || ' values for ' || {n_t} || {lit(f' entries of {texts!r}')}"),
         ))
     return "(CASE " + " ".join(f"WHEN {w} THEN {m}" for w, m in whens) + " END)"
 

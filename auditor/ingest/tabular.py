@@ -14,10 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from auditor.ingest.errors import IngestError
+from auditor.sql import lit
 
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 class _Dialect(csv.Dialect):
@@ -80,10 +78,10 @@ def csv_header(path: Path) -> tuple[list[str], str]:
 def tabular_source(path: Path, columns: list[str]) -> str:
     """The DuckDB table function that reads a Parquet or CSV file (CSV cells as text: types are checked, not guessed)."""
     if path.suffix.lower() == ".parquet":
-        return f"read_parquet({_lit(str(path))})"
-    spec = ", ".join(f"{_lit(c)}: 'VARCHAR'" for c in columns)
+        return f"read_parquet({lit(str(path))})"
+    spec = ", ".join(f"{lit(c)}: 'VARCHAR'" for c in columns)
     return (
-        f"read_csv({_lit(str(path))}, header = true, auto_detect = false, columns = {{{spec}}}, delim = ',', "
+        f"read_csv({lit(str(path))}, header = true, auto_detect = false, columns = {{{spec}}}, delim = ',', "
         "quote = '\"', escape = '\"', strict_mode = true, null_padding = false)"
     )
 
