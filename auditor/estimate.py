@@ -1,163 +1,174 @@
-"""How many false negatives will the export still hold? Two estimates, and the threshold for a target rate.
+"""How many false negatives does the export still hold? An estimate with an interval, or a plain "not yet".
 
-``model``      the sum of P(false negative) over the exported negatives (a confirmed true negative counts 0): as
-               good as the risk model's calibration, which the verdicts improve (before any verdict it is the
-               rule-based prior, an assumption rather than a measurement: said so in ``calibrated``).
-``sample``     from the stratified random review (queue mode ``stratified``): per band, the false-negative share of
-               the randomly reviewed candidates the export would take if they were unreviewed (``p_model`` within the
-               threshold), weighted by the band's share of the export's unreviewed negatives; reviewed true
-               negatives count 0. Its 95% interval combines each band's Wilson interval with the same weights, a
-               conservative bound; bands without a sampled item count as [0, 1] and are named in ``unsampled``.
-``recommend``  for each target rate, the highest risk threshold whose export the model expects at or under the
-               target (the hardest negatives that meet it), from a sweep of thresholds.
+Before the verdicts calibrate the risk (:mod:`auditor.calibration`) the only figure would be a sum of the prior,
+which is an assumption about the data (on the densely judged collections the truth was up to 8 times it): no
+percentage is given then, only what to review for one.
+
+After review, the false negatives of the export are those among its unreviewed negatives U (a reviewed negative in
+the export is a confirmed true negative; a confirmed false negative is never exported). They are estimated from the
+calibrated risk, corrected by the audit sample S (:mod:`auditor.audit`: every reviewed candidate whose permanent
+random number is below the audit rate, whichever queue served it), post-stratified by risk:
+
+    FN(U) = sum over U of p  +  sum over risk strata b of |U_b| * mean over S_b of (y - p)
+
+``p`` is a candidate's calibrated risk as if unreviewed and ``y`` its verdict (1 = false negative); the strata are
+the quintiles of the risk in S. Within a stratum the audited candidates stand for the unreviewed ones of the same
+risk, so the correction removes the model's bias level by level, wherever in the store the audits were taken (the
+export moves while people review). Its variance, ``sum_b |U_b|^2 v_b / |S_b|`` with ``v_b`` the larger of the
+residuals' variance and their mean ``p (1 - p)`` (audits that found no false negative have residuals of almost no
+spread, which says little about the mean with rare events), plus the variance of U's
+outcomes around their risk, ``sum over U of p (1 - p)``, gives a 95% interval (Student's t, |S| - 1 degrees of
+freedom), clipped to [0, |U|]. How often the true rate falls inside: `python bench/estimate_coverage.py` (README).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+import uuid
 from typing import Any
 
 import duckdb
 
+from auditor.audit import design
+from auditor.config import ReviewConfig
+from auditor.risk import LABELS_SQL, current_fit
 from auditor.select import Selection
-from auditor.stats import wilson_interval
+from auditor.sql import lit
+from auditor.tradeoff import candidates_sql
 
-#: Thresholds swept for the recommendation (P(false negative) above which an unreviewed candidate is skipped).
-SWEEP = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
-
-#: Past this many banded queries the sweep runs on a random sample of this many (see recommend).
-SWEEP_SAMPLE_QUERIES = 5_000
+#: Audit items in the export's population needed before an interval is stated.
+MIN_AUDITS = 10
 
 
-def _exported(con: duckdb.DuckDBPyConnection, selection: Selection, model: str, queries: str | None = None) -> str:
-    """The export of ``selection`` with each negative's risk, verdict state and band (only ``queries``' when given:
-    a relation with a query_id column)."""
+#: Risk strata of the correction (quintiles of the audit sample's risk).
+STRATA = 5
+
+
+def stratified_correction(
+    audit_y: list[float], audit_p: list[float], strata_of_u: list[tuple[int, float, float]], n_unreviewed: int,
+) -> tuple[float, float, float] | None:
+    """(estimate, low, high) of the false negatives among the unreviewed exported negatives.
+
+    ``audit_y``, ``audit_p``: the audit sample's verdicts and risks; ``strata_of_u``: per stratum b (0..STRATA-1,
+    cut at :func:`strata_edges` of ``audit_p``) the unreviewed negatives' (count, sum of p, sum of p (1 - p)).
+    None without two audited candidates. Pure arithmetic, see the module docstring."""
+    if len(audit_y) < 2:
+        return None
+    from bisect import bisect_right
+
+    edges = strata_edges(audit_p)
+    residuals: dict[int, list[float]] = {}
+    floors: dict[int, list[float]] = {}
+    for y, p in zip(audit_y, audit_p):
+        b = bisect_right(edges, p)
+        residuals.setdefault(b, []).append(y - p)
+        floors.setdefault(b, []).append(p * (1 - p))
+    total = var = 0.0
+    for b, count, sum_p, sum_pq in strata_of_u:
+        total += sum_p
+        var += sum_pq
+        e = residuals.get(b, [])
+        if len(e) >= 2:
+            mean = sum(e) / len(e)
+            # a stratum whose audits found no false negative has residuals of almost no spread; the spread the
+            # risk itself implies, mean p (1 - p), is the least its mean can be trusted to
+            spread = max(sum((x - mean) ** 2 for x in e) / (len(e) - 1), sum(floors[b]) / len(e))
+            total += count * mean
+            var += count * count * spread / len(e)
+    from scipy.stats import t as student
+
+    half = float(student.ppf(0.975, len(audit_y) - 1)) * math.sqrt(max(var, 0.0))
+    clip = float(n_unreviewed)
+    return min(max(total, 0.0), clip), min(max(total - half, 0.0), clip), min(max(total + half, 0.0), clip)
+
+
+def strata_edges(audit_p: list[float]) -> list[float]:
+    """Inner edges of the risk strata: the quintiles of the audit sample's risk (a stratum b holds risks p with
+    ``bisect_right(edges, p) == b``)."""
+    ordered = sorted(audit_p)
+    return [ordered[min(len(ordered) - 1, (len(ordered) * k) // STRATA)] for k in range(1, STRATA)]
+
+
+def _sample_sql(selection: Selection, model: str, rate: float, u_sql: str) -> str:
+    """The audit sample: every reviewed candidate (a verdict consensus) with u below the rate, with y and p."""
     return f"""
-        SELECT e.query_id, e.doc_id, e.band, e.s_neg, e.eligible, coalesce(r.p_fn, 0) AS p_fn, r.origin,
-               coalesce(v.tn, FALSE) AS reviewed_tn
-        FROM ({selection.sql(con, model, queries=queries)}) e
-        LEFT JOIN risk r ON r.model = {_lit(model)} AND r.query_id = e.query_id AND r.doc_id = e.doc_id
-        LEFT JOIN (SELECT query_id, doc_id, bool_or(verdict = 'true_negative') AND NOT bool_or(verdict =
-                          'false_negative') AS tn
-                   FROM current_verdicts GROUP BY ALL) v ON v.query_id = e.query_id AND v.doc_id = e.doc_id
-    """
+        SELECT l.y, c.p_unrev AS p
+        FROM ({candidates_sql(selection.config, model)}) c JOIN ({LABELS_SQL}) l USING (query_id, doc_id)
+        WHERE {u_sql} < {rate!r}"""
 
 
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
-def model_estimate(con: duckdb.DuckDBPyConnection, selection: Selection, model: str,
-                   queries: str | None = None) -> dict[str, Any]:
-    """Expected false negatives among the exported negatives by the risk model, with hardness and fill counts
-    (over ``queries`` only when given: counts are then the sample's)."""
-    from auditor.risk import current_fit
-
-    n, expected, mean_s, filled, queries = con.execute(
-        f"""SELECT count(*), coalesce(sum(CASE WHEN reviewed_tn THEN 0 ELSE p_fn END), 0), avg(s_neg),
-                   count(*) FILTER (WHERE NOT eligible), count(DISTINCT query_id) FILTER (WHERE NOT eligible)
-            FROM ({_exported(con, selection, model, queries)})"""
-    ).fetchall()[0]
-    fit = current_fit(con, model)
-    return {
-        "negatives": int(n), "expected_false_negatives": float(expected),
-        "expected_rate": float(expected) / n if n else None, "mean_s_neg": mean_s,
-        "kept_by_lowest_risk": int(filled), "queries_kept_at_n_by_lowest_risk": int(queries),
-        "calibrated": bool(fit and fit["blend"] > 0),
-        "verdicts_in_fit": int(fit["n_labels"]) if fit else 0,
-    }
-
-
-def sample_estimate(con: duckdb.DuckDBPyConnection, selection: Selection, model: str) -> dict[str, Any]:
-    """The export's false-negative rate from the stratified random review, per band, with a 95% interval."""
-    threshold = 2.0 if selection.max_risk is None else float(selection.max_risk)
-    rows = con.execute(
-        f"""
-        WITH exported AS ({_exported(con, selection, model)}),
-        share AS (SELECT band, count(*) AS n FROM exported WHERE NOT reviewed_tn GROUP BY band),
-        item AS (
-            SELECT v.query_id, v.doc_id, b.band,
-                   bool_or(v.verdict = 'false_negative') AS fn, bool_or(v.verdict = 'true_negative') AS tn
-            FROM current_verdicts v
-            JOIN bands b ON b.config = $c AND b.model = $m AND b.query_id = v.query_id AND b.doc_id = v.doc_id
-            JOIN risk r ON r.model = $m AND r.query_id = v.query_id AND r.doc_id = v.doc_id
-            WHERE v.queue_mode = 'stratified' AND r.p_model <= $t
-            GROUP BY ALL
-        ),
-        sampled AS (SELECT band, count(*) FILTER (WHERE fn OR tn) AS judged, count(*) FILTER (WHERE fn) AS fn
-                    FROM item GROUP BY band)
-        SELECT share.band, share.n, coalesce(sampled.judged, 0), coalesce(sampled.fn, 0)
-        FROM share LEFT JOIN sampled USING (band) ORDER BY share.band
-        """,
-        {"c": selection.config, "m": model, "t": threshold},
-    ).fetchall()
-    total = con.execute(f"SELECT count(*) FROM ({_exported(con, selection, model)})").fetchall()[0][0]
-    if not total:
-        return {"rate": None, "ci95": None, "judged": 0, "per_band": [], "unsampled": []}
-    rate = lo = hi = 0.0
-    per_band, unsampled, judged_all = [], [], 0
-    for band, n, judged, fn in rows:
-        w = n / total
-        ci = wilson_interval(int(fn), int(judged))
-        judged_all += int(judged)
-        if ci is None:
-            unsampled.append(band)
-            hi += w
-        else:
-            rate += w * fn / judged
-            lo += w * ci[0]
-            hi += w * ci[1]
-        per_band.append({"band": band, "unreviewed_exported": int(n), "judged": int(judged), "false_negative": int(fn),
-                         "rate": fn / judged if judged else None, "ci95": list(ci) if ci else None})
-    return {"rate": rate if not unsampled else None, "ci95": [lo, hi] if judged_all else None, "judged": judged_all,
-            "per_band": per_band, "unsampled": unsampled}
-
-
-def recommend(
-    con: duckdb.DuckDBPyConnection, selection: Selection, model: str, targets: tuple[float, ...] = (0.01, 0.02, 0.05),
-    sample_queries: int = SWEEP_SAMPLE_QUERIES,
-) -> dict[str, Any]:
-    """Sweep the risk threshold; for each target rate the highest threshold the model expects to meet it.
-
-    Each threshold is a whole selection. Past ``sample_queries`` queries the sweep runs on that many queries drawn
-    at random (a seeded hash, so runs agree): the selection is per query, so the sample's rate estimates the
-    export's, and eleven selections of 10M candidates (minutes) become eleven of a few hundred thousand.
-    """
-    n_queries = con.execute(
-        "SELECT count(DISTINCT query_id) FROM bands WHERE config = ? AND model = ?", [selection.config, model]
-    ).fetchall()[0][0]
-    sampled = n_queries > sample_queries
-    if sampled:
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE _sweep_queries AS
-               SELECT query_id FROM (SELECT DISTINCT query_id FROM bands WHERE config = ? AND model = ?)
-               ORDER BY hash(query_id, 'sweep'), query_id LIMIT ?""",
-            [selection.config, model, int(sample_queries)],
-        )
-    sweep = []
-    try:
-        for t in SWEEP:
-            m = model_estimate(con, replace(selection, max_risk=t), model, "_sweep_queries" if sampled else None)
-            sweep.append({"max_risk": t, "expected_rate": m["expected_rate"], "mean_s_neg": m["mean_s_neg"],
-                          "kept_by_lowest_risk": m["kept_by_lowest_risk"]})
-    finally:
-        con.execute("DROP TABLE IF EXISTS _sweep_queries")
-    out = {}
-    for target in targets:
-        ok = [p for p in sweep if p["expected_rate"] is not None and p["expected_rate"] <= target]
-        best = max(ok, key=lambda p: p["max_risk"]) if ok else None
-        out[f"{target:g}"] = best
-    return {"sweep": sweep, "for_target_rate": out,
-            "queries": int(sample_queries) if sampled else int(n_queries), "sampled": sampled}
+def _exported_sql(sel_sql: str, model: str) -> str:
+    """Each exported negative with its s_neg, verdict (y) and risk as if unreviewed (p)."""
+    p = "CASE WHEN r.origin = 'verdict' THEN r.p_model ELSE coalesce(r.p_fn, 0) END"
+    return f"""
+        SELECT s.query_id, s.doc_id, s.s_neg, l.y, {p} AS p
+        FROM ({sel_sql}) s
+        LEFT JOIN risk r ON r.model = {lit(model)} AND r.query_id = s.query_id AND r.doc_id = s.doc_id
+        LEFT JOIN ({LABELS_SQL}) l ON l.query_id = s.query_id AND l.doc_id = s.doc_id"""
 
 
 def export_estimate(
-    con: duckdb.DuckDBPyConnection, selection: Selection, model: str, *, sweep: bool = True
+    con: duckdb.DuckDBPyConnection, selection: Selection, model: str, cfg: ReviewConfig = ReviewConfig()
 ) -> dict[str, Any]:
-    """All three, for `auditor stats`, the report and the Histograms page."""
-    out = {"selection": {"negatives": selection.negatives, "strategy": selection.strategy,
-                         "config": selection.config, "max_risk": selection.max_risk},
-           "model": model_estimate(con, selection, model), "sample": sample_estimate(con, selection, model)}
-    if sweep:
-        out["recommend"] = recommend(con, selection, model)
+    """The export's estimated false-negative rate with a 95% interval, or why there is none yet (``status``:
+    ``uncalibrated``, ``few_audits``, ``estimated`` or ``empty``), with the audit sample's progress; for `auditor
+    stats`, the export summary, the report and the Histograms page."""
+    fit = current_fit(con, model)
+    calibrated = bool(fit and fit["blend"] > 0)
+    t = selection.tradeoff(con, model)
+    audit = design(con, selection.config, model, selection.negatives, cfg)
+    rate = float(audit.rate)
+    con.complete()
+    sample = con.execute(_sample_sql(selection, model, rate, audit.u_sql())).fetchall()
+    audit_y, audit_p = [float(y) for y, _ in sample], [float(p or 0) for _, p in sample]
+    edges = strata_edges(audit_p) if audit_p else []
+    stratum = " + ".join(f"CASE WHEN p >= {e!r} THEN 1 ELSE 0 END" for e in edges) or "0"
+    exported = f"_export_estimate_{uuid.uuid4().hex}"
+    con.execute(f"CREATE TEMP TABLE {exported} AS {_exported_sql(selection.sql(con, model, tradeoff=t), model)}")
+    try:
+        n_export, mean_s, confirmed, n_unrev, pending = con.execute(
+            f"""SELECT count(*), avg(s_neg), count(*) FILTER (WHERE y = 0), count(*) FILTER (WHERE y IS NULL),
+                       count(*) FILTER (WHERE y IS NULL AND {audit.u_sql()} < {rate!r})
+                FROM {exported}""").fetchall()[0]
+        strata = [(int(b), int(n), float(sp), float(spq)) for b, n, sp, spq in con.execute(
+            f"""SELECT {stratum} AS b, count(*), sum(p), sum(p * (1 - p)) FROM {exported} WHERE y IS NULL
+                GROUP BY ALL ORDER BY b""").fetchall()]
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {exported}")
+    sum_p = sum(sp for _, _, sp, _ in strata)
+    out: dict[str, Any] = {
+        "selection": {"negatives": selection.negatives, "strategy": selection.strategy, "config": selection.config,
+                      "rule": selection.rule, "fn_budget": selection.fn_budget, "target_rate": selection.target_rate,
+                      "max_risk": selection.max_risk},
+        "tradeoff": {"lam": t.lam, "safe_risk": t.safe_risk, "budget_met": t.budget_met},
+        "negatives": int(n_export), "unreviewed": int(n_unrev), "confirmed_true_negatives": int(confirmed or 0),
+        "mean_s_neg": mean_s, "calibrated": calibrated, "verdicts_in_fit": int(fit["n_labels"]) if fit else 0,
+        "audit": {"rate": rate, "planned": audit.planned, "reviewed": len(sample), "pending": int(pending),
+                  "every": cfg.audit_every},
+        "model_rate": (sum_p / n_export) if calibrated and n_export else None,
+        "rate": None, "ci95": None, "false_negatives": None, "ci95_count": None,
+    }
+    if not n_export:
+        out.update(status="empty", message="the export holds no negatives")
+        return out
+    if not calibrated:
+        out.update(status="uncalibrated", message=(
+            f"not estimated: the risk is the uncalibrated prior, an assumption about the data, not a measurement. "
+            f"Review the default queue (`auditor queue`, the Review page): every {cfg.audit_every}th item is an "
+            f"audit item, a random {100 * rate:.1f}% of the export; at least {MIN_AUDITS} of them (about "
+            f"{audit.planned} for a narrow interval) give an estimate with a 95% interval"))
+        return out
+    est = stratified_correction(audit_y, audit_p, strata, int(n_unrev))
+    if len(sample) < MIN_AUDITS or est is None:
+        out.update(status="few_audits", message=(
+            f"not estimated yet: {len(sample)} of the at least {MIN_AUDITS} audit items an interval needs are "
+            f"reviewed ({int(pending)} waiting in the default queue); the calibrated risk alone expects "
+            f"{100 * sum_p / n_export:.1f}%, unchecked"))
+        return out
+    value, lo, hi = est
+    out.update(status="estimated", false_negatives=value, ci95_count=[lo, hi], rate=value / n_export,
+               ci95=[lo / n_export, hi / n_export],
+               message=(f"estimated false negatives in the export: {100 * value / n_export:.1f}% "
+                        f"(95% interval {100 * lo / n_export:.1f}-{100 * hi / n_export:.1f}%), from the calibrated "
+                        f"risk checked against {len(sample)} audit items"))
     return out

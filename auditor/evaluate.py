@@ -3,7 +3,9 @@
 Per band and per rule: how many of the key's pairs it holds (recall over the key, precision over the band). Then
 the export view, judged at equal hardness (:mod:`auditor.frontier`): of N negatives per query chosen with the export
 settings, how many are known false negatives, their mean cosine, and the frontier ratio against the rank-window
-baseline — next to plain top-N mining with no cleaning, and the baseline curve itself.
+baseline — for plain top-N mining with no cleaning, the automatic export (no verdict: the uncalibrated prior), and
+the export as the store's verdicts leave it; and the export's stated false-negative rate and interval
+(:mod:`auditor.estimate`) against the actual rate.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from auditor.config import DEFAULT_BAND_CONFIG
 from auditor.planted import read_answer_key
 from auditor.frontier import baseline_at, baseline_curve, dense_ranking, frontier_ratio
 from auditor.select import Selection
+from auditor.sql import lit
 
 
 def evaluate(
@@ -84,39 +87,36 @@ def evaluate(
                     "queries_full_share": full / scored_queries if scored_queries else None, "mean_s_neg": mean_s}
 
         cleaned = export_view(selection.sql(con, model))
+        automatic = export_view(selection.sql(con, model, view="automatic"))
         plain = export_view(
             f"""SELECT query_id, doc_id, s_neg, row_number() OVER (PARTITION BY query_id ORDER BY s_neg DESC, doc_id)
-                       AS slot FROM scores s WHERE model = {_lit(model)} AND NOT EXISTS (SELECT 1 FROM qrels r
+                       AS slot FROM scores s WHERE model = {lit(model)} AND NOT EXISTS (SELECT 1 FROM qrels r
                        WHERE r.relevant AND r.query_id = s.query_id AND r.doc_id = s.doc_id)
                 QUALIFY slot <= {int(negatives)}"""
         )
-        risk_rows = con.execute(
-            """SELECT count(*), count(k.doc_id) FROM risk r LEFT JOIN _key k USING (query_id, doc_id)
-               WHERE r.model = $m AND r.p_fn > $t AND r.origin <> 'verdict'""",
-            {"m": model, "t": selection.max_risk if selection.max_risk is not None else 2.0},
-        ).fetchall()[0]
+        verdicts = con.execute("SELECT count(*) FROM current_verdicts").fetchall()[0][0]
     finally:
         con.unregister("_key")
     ranking = dense_ranking(con, model, baseline_depth)
     key = set(pairs)
     curve = baseline_curve(ranking, key, n=negatives, max_rank=baseline_depth)
-    for view in (cleaned, plain):
+    for view in (cleaned, automatic, plain):
         view["frontier_ratio"] = frontier_ratio(curve, view["fn_share"], view["mean_s_neg"])
         view["baseline_at_same_hardness"] = baseline_at(curve, view["mean_s_neg"]) if view["mean_s_neg"] else None
-    above = {"candidates": risk_rows[0], "known_fn": risk_rows[1],
-             "precision": risk_rows[1] / risk_rows[0] if risk_rows[0] else None,
-             "recall": risk_rows[1] / known if known else None, "max_risk": selection.max_risk}
+    from auditor.estimate import export_estimate
+
+    stated = export_estimate(con, selection, model)
+    actual = cleaned["fn_share"]
+    stated["actual_rate"] = actual
+    stated["actual_inside"] = (None if stated["ci95"] is None or actual is None
+                               else stated["ci95"][0] <= actual <= stated["ci95"][1])
     return {
         "model": model, "config": config, "negatives_per_query": int(negatives), "strategy": selection.strategy,
-        "selection": json.loads(selection.to_json()),
+        "selection": json.loads(selection.to_json()), "rule": selection.rule,
         "known_false_negatives": known, "known_in_candidates": in_candidates, "scored_queries": scored_queries,
-        "bands": per_band, "rules": per_rule, "above_max_risk": above, "export": cleaned, "plain_top": plain,
-        "baseline": curve,
+        "bands": per_band, "rules": per_rule, "verdicts": int(verdicts), "plain_top": plain, "automatic": automatic,
+        "export": cleaned, "estimate": stated, "baseline": curve,
     }
-
-
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -138,20 +138,27 @@ def format_report(result: dict[str, Any]) -> str:
     lines += ["", f"{'rule':<16} {'candidates':>10} {'known FN':>9} {'precision':>9} {'recall':>7}"]
     for name, r in result["rules"].items():
         lines.append(f"{name:<16} {r['candidates']:>10} {r['known_fn']:>9} {pct(r['precision']):>9} {pct(r['recall']):>7}")
-    a = result.get("above_max_risk")
-    if a and a["max_risk"] is not None:
-        lines.append(f"{'P(FN) > ' + format(a['max_risk'], 'g'):<16} {a['candidates']:>10} {a['known_fn']:>9} "
-                     f"{pct(a['precision']):>9} {pct(a['recall']):>7}")
     n = result["negatives_per_query"]
-    lines += ["", f"export of {n} negatives per query ({result['strategy']}), judged at equal hardness:",
-              f"{'':<22} {'negatives':>9} {'known FN':>9} {'FN share':>8} {'queries full':>12} {'mean s_neg':>10} "
+    lines += ["", f"export of {n} negatives per query ({result['strategy']}, {result['rule']}), judged at equal "
+                  "hardness:",
+              f"{'':<26} {'negatives':>9} {'known FN':>9} {'FN share':>8} {'queries full':>12} {'mean s_neg':>10} "
               f"{'rank cut':>8} {'ratio':>6}"]
-    for label, r in (("plain top-N (no clean)", result["plain_top"]), ("auditor (cleaned)", result["export"])):
+    views = [("plain top-N (no clean)", result["plain_top"]), ("automatic (no verdicts)", result["automatic"])]
+    if result["verdicts"]:
+        views.append((f"after {result['verdicts']} verdicts", result["export"]))
+    for label, r in views:
         mean = "-" if r["mean_s_neg"] is None else f"{r['mean_s_neg']:.3f}"
         ratio = "-" if r.get("frontier_ratio") is None else f"{r['frontier_ratio']:.2f}"
-        lines.append(f"{label:<22} {r['negatives']:>9} {r['known_fn']:>9} {pct(r['fn_share']):>8} "
+        lines.append(f"{label:<26} {r['negatives']:>9} {r['known_fn']:>9} {pct(r['fn_share']):>8} "
                      f"{pct(r['queries_full_share']):>12} {mean:>10} {pct(r.get('baseline_at_same_hardness')):>8} "
                      f"{ratio:>6}")
+    est = result["estimate"]
+    if est["ci95"] is not None:
+        inside = "inside" if est["actual_inside"] else "OUTSIDE"
+        lines.append(f"stated false-negative rate {pct(est['rate'])} (95% interval {pct(est['ci95'][0])} - "
+                     f"{pct(est['ci95'][1])}); actual {pct(est['actual_rate'])}: {inside} the interval")
+    else:
+        lines.append(f"stated: {est['message']}; actual {pct(est['actual_rate'])}")
     if result.get("baseline"):
         lines += ["", "baseline: the N negatives at dense ranks r+1..r+N (rank cut column = its contamination at the "
                       "export's mean s_neg; ratio = FN share / rank cut, below 1 is cleaner than a cut as hard)"]

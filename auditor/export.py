@@ -49,16 +49,18 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from auditor.config import DEFAULT_BAND_CONFIG, ExportConfig
+from auditor.config import ExportConfig
+from auditor.select import Selection
 from auditor.signals import interrupt_on_signals
 from auditor.store import StoreError
+from auditor.sql import lit
 
 FORMATS = ("triplet", "ntuple", "st-ntuple", "rich")
 FILE_TYPES = ("jsonl", "parquet")
@@ -89,13 +91,18 @@ class ExportSummary:
     config: str
     model: str
     file_type: str = "jsonl"
-    max_risk: float | None = ExportConfig.max_risk  #: unreviewed candidates with P(false negative) above it skipped
+    rule: str = ""  #: the risk rule in words (auditor.select.Selection.rule)
+    fn_budget: float | None = ExportConfig.fn_budget
+    target_rate: float | None = ExportConfig.target_rate
+    max_risk: float | None = ExportConfig.max_risk  #: the explicit override, when given
     keep_n: bool = ExportConfig.keep_n
     risk_applied: bool = True  #: False when the store has no risk for the model (mined by an older auditor)
-    candidates_above_max_risk: int = 0  #: unreviewed candidates of the model with P(false negative) above max_risk
-    kept_by_lowest_risk: int = 0  #: negatives above max_risk taken so that their query keeps N (keep_n)
+    tradeoff: float = 0.0  #: the solved lam of key = h - lam * p (auditor.tradeoff)
+    candidates_above_max_risk: int = 0  #: with max_risk: unreviewed candidates of the model above it
+    kept_by_lowest_risk: int = 0  #: negatives taken only so that their query keeps N (not eligible)
     queries_kept_by_lowest_risk: int = 0
     expected_false_negatives: float | None = None  #: sum of P(false negative) over the written negatives
+    estimate: dict[str, Any] | None = None  #: auditor.estimate.export_estimate of this export
     rows: int = 0  #: lines (rows) written
     queries_with_positives: int = 0
     queries_written: int = 0
@@ -137,8 +144,6 @@ class _Tables:
             con.execute(f"DROP TABLE IF EXISTS {name}")
 
 
-def _lit(s: str) -> str:
-    return "'" + str(s).replace("'", "''") + "'"
 
 
 def _doc_text(t: str) -> str:
@@ -326,7 +331,7 @@ def copy_atomic(
     tmp = temp_path_for(out_path)
     with interrupt_on_signals(con):
         try:
-            con.execute(f"COPY ({select_sql}) TO {_lit(str(tmp))} (FORMAT {duckdb_format})", params or {})
+            con.execute(f"COPY ({select_sql}) TO {lit(str(tmp))} (FORMAT {duckdb_format})", params or {})
             _finish(tmp, out_path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -359,38 +364,38 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def export(
     con: duckdb.DuckDBPyConnection,
     out_path: str | Path,
+    selection: Selection | None = None,
     *,
     fmt: str = ExportConfig.format,
     file_type: str | None = None,
-    negatives: int = ExportConfig.negatives,
-    strategy: str = ExportConfig.strategy,
     relabel: bool = ExportConfig.relabel,
-    drop_unreviewed_suspicious: bool = ExportConfig.drop_unreviewed_suspicious,
-    config: str = DEFAULT_BAND_CONFIG,
     model: str | None = None,
-    seed: int = ExportConfig.seed,
-    random_window: tuple[int, int] | None = None,
-    band_mix: dict[str, float] | None = None,
-    max_risk: float | None = ExportConfig.max_risk,
-    keep_n: bool = ExportConfig.keep_n,
     short_ids_path: str | Path | None = None,
     progress: Progress | None = None,
+    **settings: Any,
 ) -> ExportSummary:
-    """Write the cleaned training set to ``out_path`` (atomically; ``-`` is standard output) and return what was
-    written.
+    """Write the cleaned training set chosen by ``selection`` to ``out_path`` (atomically; ``-`` is standard output)
+    and return what was written.
 
-    See the module docstring for the layouts. ``file_type`` is ``jsonl`` or ``parquet``; by default it follows the
-    extension (``.parquet`` is Parquet, anything else JSONL). ``short_ids_path``, when given, receives the ids of
-    queries that got fewer than ``negatives`` negatives, one per line. ``max_risk`` and ``keep_n``: see
-    :mod:`auditor.select`. The settings are saved in the store: the review queue follows the latest export.
+    ``settings`` (``negatives=5``, ``strategy="random"``, ...) change single fields of ``selection`` (default: the
+    export defaults; ``band_mix`` may be a dict). See the module docstring for the layouts. ``file_type`` is
+    ``jsonl`` or ``parquet``; by default it follows the extension (``.parquet`` is Parquet, anything else JSONL).
+    ``short_ids_path``, when given, receives the ids of queries that got fewer negatives than asked, one per line.
+    The settings are saved in the store: the review queue follows the latest export.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if settings.get("band_mix") is not None:
+        settings["band_mix"] = tuple(sorted(dict(settings["band_mix"]).items()))
+    for name in ("random_window",):
+        if settings.get(name) is not None:
+            settings[name] = tuple(settings[name])
+    settings = {k: v for k, v in settings.items() if v is not None or k in ("max_risk", "fn_budget", "target_rate")}
+    selection = replace(selection or Selection(), **settings)
+    selection.check()
     file_type = file_type_for(out_path, file_type)
-    kw = dict(fmt=fmt, negatives=negatives, strategy=strategy, relabel=relabel,
-              drop_unreviewed_suspicious=drop_unreviewed_suspicious, config=config, model=model, seed=seed,
-              random_window=random_window, band_mix=band_mix, max_risk=max_risk, keep_n=keep_n,
-              short_ids_path=short_ids_path, progress=progress)
+    kw = dict(fmt=fmt, selection=selection, relabel=relabel, model=model, short_ids_path=short_ids_path,
+              progress=progress)
     with interrupt_on_signals(con):
         if str(out_path) == STDOUT:
             if file_type == "parquet":
@@ -419,55 +424,40 @@ def _export_to_file(
     file_type: str,
     *,
     fmt: str,
-    negatives: int,
-    strategy: str,
+    selection: Selection,
     relabel: bool,
-    drop_unreviewed_suspicious: bool,
-    config: str,
     model: str | None,
-    seed: int,
-    random_window: tuple[int, int] | None,
-    band_mix: dict[str, float] | None,
-    max_risk: float | None,
-    keep_n: bool,
     short_ids_path: str | Path | None,
     progress: Progress | None,
 ) -> ExportSummary:
     from auditor.bands import require_fresh_bands, resolve_model
-    from auditor.select import Selection, save_selection, selection_sql
+    from auditor.select import save_selection
 
     t0 = time.perf_counter()
     steps = 4
     if progress:
         progress(0, steps)
     model = resolve_model(con, model)
-    require_fresh_bands(con, config, model)
-    sel_kw: dict[str, Any] = {}
-    if random_window is not None:
-        sel_kw["random_window"] = random_window
-    if band_mix is not None:
-        sel_kw["band_mix"] = band_mix
-    n = int(negatives)
+    require_fresh_bands(con, selection.config, model)
+    n = int(selection.negatives)
+    risk_applied = bool(con.execute("SELECT 1 FROM risk WHERE model = ? LIMIT 1", [model]).fetchall())
+    tradeoff = selection.tradeoff(con, model)
 
-    risk_applied = max_risk is None or bool(
-        con.execute("SELECT 1 FROM risk WHERE model = ? LIMIT 1", [model]).fetchall())
+    def chosen(k: int) -> str:
+        return replace(selection, negatives=k).sql(con, model, tradeoff=tradeoff)
 
-    def selection(k: int) -> str:
-        return selection_sql(con, k, strategy=strategy, config=config, model=model, seed=seed,
-                             drop_unreviewed_suspicious=drop_unreviewed_suspicious, max_risk=max_risk, keep_n=keep_n,
-                             **sel_kw)
-
-    selection(n)  # checks the arguments before any work
     summary = ExportSummary(
-        path=str(out_path), format=fmt, strategy=strategy, negatives_per_query=n, seed=int(seed),
-        relabel=bool(relabel), drop_unreviewed_suspicious=bool(drop_unreviewed_suspicious), config=config,
-        model=model, file_type=file_type, max_risk=max_risk, keep_n=bool(keep_n), risk_applied=risk_applied,
+        path=str(out_path), format=fmt, strategy=selection.strategy, negatives_per_query=n, seed=int(selection.seed),
+        relabel=bool(relabel), drop_unreviewed_suspicious=bool(selection.drop_unreviewed_suspicious),
+        config=selection.config, model=model, file_type=file_type, rule=selection.rule,
+        fn_budget=selection.fn_budget, target_rate=selection.target_rate, max_risk=selection.max_risk,
+        keep_n=bool(selection.keep_n), risk_applied=risk_applied, tradeoff=tradeoff.lam,
     )
     t = _Tables.fresh()
     try:
         any_blank = _find_blank_texts(con, t)
         _create_positives(con, t, relabel, summary, any_blank)
-        _create_selection(con, t, selection, n, summary)
+        _create_selection(con, t, chosen, n, summary)
         if progress:
             progress(1, steps)
         _count_short(con, t, n, summary)
@@ -490,12 +480,11 @@ def _export_to_file(
             summary.short_ids_path = str(short_ids_path)
     finally:
         t.drop(con)
-    save_selection(con, Selection(
-        negatives=n, strategy=strategy, config=config, seed=int(seed), max_risk=max_risk, keep_n=bool(keep_n),
-        drop_unreviewed_suspicious=bool(drop_unreviewed_suspicious),
-        random_window=tuple(random_window) if random_window is not None else ExportConfig.random_window,
-        band_mix=tuple(sorted(band_mix.items())) if band_mix is not None else None,
-    ))
+    save_selection(con, selection)
+    if risk_applied:
+        from auditor.estimate import export_estimate
+
+        summary.estimate = export_estimate(con, selection, model)
     summary.seconds = round(time.perf_counter() - t0, 3)
     if progress:
         progress(steps, steps)
@@ -667,7 +656,7 @@ def _create_scores(con: duckdb.DuckDBPyConnection, t: _Tables, model: str) -> di
     """
     from auditor.mine import query_hash_sql
 
-    m = _lit(model)
+    m = lit(model)
     con.execute(
         f"""
         CREATE TEMP TABLE {t.score} AS
@@ -788,7 +777,7 @@ def preview_rows(path: str | Path, n: int = 3) -> list[dict[str, Any]]:
     path = Path(path)
     if file_type_for(path) == "parquet":
         with duckdb.connect() as reader:
-            cur = reader.execute(f"SELECT * FROM read_parquet({_lit(str(path))}) LIMIT {int(n)}")
+            cur = reader.execute(f"SELECT * FROM read_parquet({lit(str(path))}) LIMIT {int(n)}")
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
     import json

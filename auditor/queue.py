@@ -59,8 +59,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from auditor.audit import AuditDesign
+from auditor.audit import design as audit_design
 from auditor.config import DEFAULT_BAND_CONFIG, ReviewConfig
+from auditor.gain import review_pool_sql
 from auditor.select import Selection, current_selection, query_ids_sql, verdict_flags_sql
+from auditor.tradeoff import Tradeoff
 from auditor.store import StoreError, background_work, in_transaction, transaction
 
 MODES = ("export", "risk", "stratified")
@@ -73,7 +77,7 @@ BAND_LEVEL_SQL = "CASE {b} WHEN 'suspicious' THEN 0 WHEN 'ambiguous' THEN 1 ELSE
 
 ITEM_COLUMNS = [
     "query_id", "doc_id", "band", "rule", "s_neg", "s_pos_min", "s_pos_max", "delta", "ratio", "rank", "sources",
-    "weight", "p_fn", "risk", "sampling_prob",
+    "weight", "p_fn", "risk", "sampling_prob", "gain", "audit",
 ]
 
 
@@ -419,16 +423,28 @@ class _read_snapshot:
             self.con.execute("ROLLBACK")
 
 
-def _patch_export(con: duckdb.DuckDBPyConnection, entry: _Entry, select: Callable) -> None:
-    """Bring an export snapshot up to the newest verdict: re-select the queries whose selection a newer verdict may
-    have changed.
+@dataclass
+class _ExportPlan:
+    """What one export snapshot was built with: the solved trade-off and the audit design (patches reuse them; a
+    refit, which changes the trade-off, rebuilds the snapshot)."""
 
-    A query's selection depends on verdicts only through which of its candidates are confirmed false negatives and
-    which are eligible (:mod:`auditor.select`). So a query is selected again when a candidate's false-negative flag
-    changed, or its true-negative flag changed, unless the candidate is now a true negative that the snapshot already
-    exports: eligible before, it stays so; taken only to keep its query at N, the query had fewer than N eligible, so
-    it takes every eligible one and the lowest-risk others, the same set. Most verdicts of the export queue confirm an
-    exported negative: no statement beyond reading the flags runs for them.
+    tradeoff: Tradeoff
+    audit: AuditDesign
+
+
+@dataclass
+class _ExportState:
+    flags: dict  #: (query_id, doc_id) -> (false negative, true negative): the verdicts the snapshot reflects
+    plan: _ExportPlan
+
+
+def _patch_export(con: duckdb.DuckDBPyConnection, entry: _Entry, select: Callable) -> None:
+    """Bring an export snapshot up to the newest verdict: re-select the queries whose candidates' verdict flags
+    changed since it was taken.
+
+    A query's choice and the gains of its candidates depend on verdicts only through which of them are confirmed
+    false or true negatives (:mod:`auditor.tradeoff`), and only within the query: an unsure verdict changes no flag
+    and costs no statement beyond reading the flags.
     """
     plan = _patch_plan(con, entry)
     if plan is not None and plan.dirty:  # rows to select: the flags and the rows must come from one moment
@@ -447,7 +463,7 @@ def _patch_export(con: duckdb.DuckDBPyConnection, entry: _Entry, select: Callabl
                 mem.unregister("_fresh_rows")
     if plan is None:
         return
-    flags: dict = entry.state
+    flags: dict = entry.state.flags
     for key in [k for k in flags if k[0] in plan.touched]:  # the flags now reflected, for the next patch
         del flags[key]
     flags.update(plan.flags)
@@ -472,20 +488,11 @@ def _patch_plan(con: duckdb.DuckDBPyConnection, entry: _Entry) -> _PatchPlan | N
     if newest <= entry.event_id:
         return None
     touched = {str(q) for q in touched or []}
-    before: dict = entry.state
+    before: dict = entry.state.flags
     now = _verdict_flags(con, sorted(touched))
     none = (False, False)
     changed = {k for k in set(now) | {k for k in before if k[0] in touched} if before.get(k, none) != now.get(k, none)}
-    exported = set()
-    if changed:
-        exported = set(_TABLES.cursor().execute(
-            f"SELECT query_id, doc_id FROM {entry.table} WHERE query_id = ANY(?)", [sorted({q for q, _ in changed})]
-        ).fetchall())
-    dirty = sorted({
-        k[0] for k in changed
-        if before.get(k, none)[0] != now.get(k, none)[0] or not (now.get(k, none)[1] and k in exported)
-    })
-    return _PatchPlan(newest, touched, now, dirty)
+    return _PatchPlan(newest, touched, now, sorted({q for q, _ in changed}))
 
 
 #: Up to this many queries touched since a snapshot, its patch names them in the SQL (a filter inside each scan,
@@ -496,45 +503,51 @@ _PATCH_BY_ID = 64
 def _export_table(
     con: duckdb.DuckDBPyConnection, selection: Selection, model: str, stale_ok: bool = False,
     req: _Request | None = None,
-) -> str:
-    """Name of the in-memory table holding what ``selection`` exports now, patched for newer verdicts."""
+) -> _Entry:
+    """The in-memory snapshot of what ``selection`` would review (:mod:`auditor.gain`), patched for newer verdicts:
+    its table name and its plan (trade-off, audit design) in ``state``."""
 
-    def select(con: duckdb.DuckDBPyConnection, queries: list[str] | None) -> pa.Table:
-        """The selection with its scores: of every query, or of ``queries`` only (the ones verdicts touched).
+    def select(con: duckdb.DuckDBPyConnection, queries: list[str] | None, plan: _ExportPlan) -> pa.Table:
+        """The review pool (:mod:`auditor.gain`) with its scores: of every query, or of ``queries`` only (the ones
+        verdicts touched).
 
         A query's rows lie together in scores, bands and risk (written in query-id order), so a filter on a few
         named ids reads few row groups of each (DuckDB's zone maps) where a semi-join on a table of ids scans every
         row.
         """
         settle(con)
-        if queries is None:
-            sel, only = selection.sql(con, model), ""
-        elif len(queries) <= _PATCH_BY_ID:
-            sel = selection.sql(con, model, query_ids=queries)
+        kw: dict[str, Any] = {}
+        only = ""
+        if queries is not None and len(queries) <= _PATCH_BY_ID:
+            kw["query_ids"] = queries
             only = f"AND {query_ids_sql(queries)}"
-        else:
+        elif queries is not None:
             con.register("_dirty_queries", pa.table({"query_id": pa.array(queries, pa.string())}))
-            sel = selection.sql(con, model, queries="_dirty_queries")
+            kw["queries"] = "_dirty_queries"
             only = "AND query_id IN (SELECT query_id FROM _dirty_queries)"
-        # The selection carries band, rule, weight, rank, sources and p_fn already: only the scores are joined.
+        pool = review_pool_sql(selection, model, plan.tradeoff, plan.audit, **kw)
+        # The pool carries band, rule, weight, rank, sources and risk already: only the scores are joined.
         sql = f"""
             SELECT e.query_id, e.doc_id, e.band, e.rule, e.weight, {BAND_LEVEL_SQL.format(b="e.band")} AS band_level,
                    s.s_neg, s.s_pos_min, s.s_pos_max, s.delta, s.ratio, e.rank, e.p_fn,
-                   string_split(e.source, ',') AS sources, e.slot,
+                   string_split(e.source, ',') AS sources, e.slot, e.gain, e.audit, e.u,
                    NULL::UBIGINT AS rkey, NULL::BIGINT AS band_pos, NULL::BIGINT AS band_size
-            FROM ({sel}) e
+            FROM ({pool}) e
             JOIN (SELECT * FROM scored WHERE model = $m {only}) s ON s.query_id = e.query_id AND s.doc_id = e.doc_id
         """
         try:
             return con.sql(sql, params={"m": model}).to_arrow_table()
         finally:
-            if queries is not None and len(queries) > _PATCH_BY_ID:
+            if "queries" in kw:
                 con.unregister("_dirty_queries")
 
-    def build(con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, int, dict]:
+    def build(con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, int, _ExportState]:
+        # solved (and cached in the store) before the snapshot, whose transaction is read-only and rolled back
+        plan = _ExportPlan(selection.tradeoff(con, model),
+                           audit_design(con, selection.config, model, selection.negatives))
         with _read_snapshot(con):  # the event id, the flags and the rows of one moment
             event_id = _last_event(con)
-            return select(con, None), event_id, _verdict_flags(con, None)
+            return select(con, None, plan), event_id, _ExportState(_verdict_flags(con, None), plan)
 
     def fingerprint_of(con: duckdb.DuckDBPyConnection) -> tuple:
         hard, soft = _fingerprint(con, selection.config, model)
@@ -546,8 +559,9 @@ def _export_table(
         known = ((*req.fingerprint[0], selection.to_json()), req.fingerprint[1])
     entry = _TABLES.get(con, key, fingerprint_of, build, stale_ok, fingerprint=known)
     with entry.lock:  # one patcher per snapshot; the others wait and find it patched
-        _patch_export(con, entry, select)
-    return entry.table
+        _patch_export(con, entry, lambda c, queries: select(c, queries, entry.state.plan))
+    return entry
+
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -599,11 +613,13 @@ def _done_items(
 
 _OUT = (
     "query_id, doc_id, band, rule, s_neg, s_pos_min, s_pos_max, delta, ratio, rank, sources, weight, p_fn, "
-    "coalesce(p_fn, (2 - band_level) / 3.0 + (0.5 + atan(delta) / pi()) / 3.0) AS risk, {sampling} AS sampling_prob"
+    "coalesce(p_fn, (2 - band_level) / 3.0 + (0.5 + atan(delta) / pi()) / 3.0) AS risk, {sampling} AS sampling_prob, "
+    "{gain} AS gain, {audit} AS audit"
 )
+#: ``_OUT``'s gain and audit columns outside the default queue (only it has them).
+_NO_GAIN = {"gain": "NULL::DOUBLE", "audit": "FALSE"}
 
 _ORDERS = {
-    "export": "p_fn DESC NULLS LAST, slot, query_id, doc_id",
     "risk": "p_fn DESC NULLS LAST, band_level, delta DESC, rank NULLS LAST, query_id, doc_id",
     "stratified": "band_pos, band_level, query_id, doc_id",
 }
@@ -622,6 +638,7 @@ def _queue_sql(
     limit: int | None,
     n_done: int,
     items: str,
+    interleave: _Interleave | None = None,
 ) -> tuple[str, list[Any]]:
     """SQL over an in-memory item table and the registered ``_done`` frame: filters, exclusions, order, limit."""
     params: list[Any] = []
@@ -641,6 +658,8 @@ def _queue_sql(
     filtered = len(where) > 1
     pool = f"SELECT * FROM {items} WHERE {' AND '.join(where)}"
     avail = "SELECT * FROM pool ANTI JOIN _done USING (query_id, doc_id)"
+    if mode == "export":
+        return _export_queue_sql(pool, limit, n_done, interleave or _Interleave(1.0, 4, 0, 0), params)
     sampling = "band_pos::DOUBLE / band_size" if mode == "stratified" else "NULL::DOUBLE"
     order = _ORDERS[mode]
     if mode == "risk" or (mode == "stratified" and not filtered):
@@ -661,7 +680,7 @@ def _queue_sql(
                 SELECT p.* EXCLUDE (band_pos, band_size), pos.band_pos, pos.band_size
                 FROM pool p JOIN pos ON p.band = pos.band AND p.query_id = pos.k[2] AND p.doc_id = pos.k[3]
             )
-            SELECT {_OUT.format(sampling=sampling)} FROM picked ORDER BY {order} LIMIT 1
+            SELECT {_OUT.format(sampling=sampling, **_NO_GAIN)} FROM picked ORDER BY {order} LIMIT 1
         """
         return sql, params
     if mode == "stratified" and filtered:
@@ -670,7 +689,7 @@ def _queue_sql(
             f"doc_id) AS band_pos, count(*) OVER (PARTITION BY band) AS band_size FROM ({pool})"
         )
     if limit is None:
-        sql = f"WITH pool AS ({pool}) SELECT {_OUT.format(sampling=sampling)} FROM ({avail}) ORDER BY {order}"
+        sql = f"WITH pool AS ({pool}) SELECT {_OUT.format(sampling=sampling, **_NO_GAIN)} FROM ({avail}) ORDER BY {order}"
     else:
         # The done set is small: the first limit + n_done items of the pool always hold the first `limit` available
         # ones, so the anti-join runs on a handful of rows and the pool needs only a top-N, not a full sort.
@@ -681,11 +700,64 @@ def _queue_sql(
         sql = f"""
             WITH pool AS ({pool}),
             head AS (SELECT * FROM pool {"" if filtered else bound} ORDER BY {order} LIMIT ?)
-            SELECT {_OUT.format(sampling=sampling)} FROM head ANTI JOIN _done USING (query_id, doc_id)
+            SELECT {_OUT.format(sampling=sampling, **_NO_GAIN)} FROM head ANTI JOIN _done USING (query_id, doc_id)
             ORDER BY {order} LIMIT ?
         """
         params += [k, int(limit)]
     return sql, params
+
+
+@dataclass(frozen=True)
+class _Interleave:
+    """Where the audit stream stands: its rate, how often it is served, and the items of each stream reviewed."""
+
+    rate: float
+    every: int
+    audits_done: int
+    others_done: int
+
+
+def _audit_progress(con: duckdb.DuckDBPyConnection, audit: AuditDesign,
+                    cfg: ReviewConfig = ReviewConfig()) -> _Interleave:
+    """How many reviewed items are audit items (``u < rate``, whatever queue served them) and how many are not: the
+    queue keeps one audit item in every ``audit_every`` reviews while audit items are left."""
+    a, o = con.execute(
+        f"""SELECT count(*) FILTER (WHERE u < $r), count(*) FILTER (WHERE u >= $r)
+            FROM (SELECT {audit.u_sql()} AS u FROM (SELECT DISTINCT query_id, doc_id FROM current_verdicts))""",
+        {"r": float(audit.rate)},
+    ).fetchall()[0]
+    return _Interleave(float(audit.rate), max(int(cfg.audit_every), 2), int(a), int(o))
+
+
+def _export_queue_sql(
+    pool: str, limit: int | None, n_done: int, il: _Interleave, params: list[Any]
+) -> tuple[str, list[Any]]:
+    """The default queue: two streams, interleaved. Audit items (:mod:`auditor.audit`) in the order of their random
+    number, and the others by expected gain (:mod:`auditor.gain`); the audit stream fills one position in every
+    ``il.every``, counted from the reviews so far, so the share holds across requests of one item."""
+    e = il.every
+    head = ""
+    args: list[Any] = []
+    if limit is not None:
+        k = int(limit) + int(n_done)
+        head = "LIMIT ?"
+        args = [k, k]
+    sql = f"""
+        WITH pool AS ({pool}),
+        head AS (SELECT * FROM (SELECT * FROM pool WHERE audit ORDER BY u, query_id, doc_id {head})
+                 UNION ALL
+                 SELECT * FROM (SELECT * FROM pool WHERE NOT audit ORDER BY gain DESC, query_id, doc_id {head})),
+        avail AS (SELECT *, row_number() OVER (PARTITION BY audit ORDER BY CASE WHEN audit THEN u ELSE -gain END,
+                                                                            query_id, doc_id) AS rn
+                  FROM head ANTI JOIN _done USING (query_id, doc_id))
+        SELECT {_OUT.format(sampling=f"CASE WHEN audit THEN {il.rate!r} END", gain="gain", audit="audit")}
+        FROM avail
+        ORDER BY CASE WHEN audit THEN ({il.audits_done} + rn) * {e}
+                      ELSE ({il.others_done} + rn) + floor(({il.others_done} + rn - 1) / {e - 1}) END,
+                 query_id, doc_id
+        {"LIMIT ?" if limit is not None else ""}
+    """
+    return sql, params + args + ([int(limit)] if limit is not None else [])
 
 
 def _run(
@@ -706,11 +778,14 @@ def _run(
     done = _done_items(con, annotator, double_annotation, skip, mode, now)
     mem = _TABLES.cursor()
     for attempt in (1, 2):
+        interleave = None
         if mode == "export":
-            items = _export_table(con, req.selection or current_selection(con), req.model, stale_ok, req)
+            entry = _export_table(con, req.selection or current_selection(con), req.model, stale_ok, req)
+            items = entry.table
+            interleave = _audit_progress(con, entry.state.plan.audit)
         else:
             items = _items_table(con, req.config, req.model, seed, stale_ok, req)
-        sql, params = _queue_sql(mode=mode, items=items, n_done=len(done), **kw)
+        sql, params = _queue_sql(mode=mode, items=items, n_done=len(done), interleave=interleave, **kw)
         mem.register("_done", done)
         try:
             return mem.execute(sql, params).df()

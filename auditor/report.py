@@ -202,28 +202,15 @@ def render_html(stats: dict[str, Any], title: str = "auditor report") -> str:
                          f"{_fmt(ag['kappa'], 2)}, raw agreement {_pct(ag['agreement'])}.</p>")
     xe = stats.get("export_estimate")
     if xe:
-        m, smp, sel = xe["model"], xe["sample"], xe["selection"]
+        sel, a = xe["selection"], xe["audit"]
         parts.append("<h2>False negatives left in the export</h2>")
-        basis = (f"the risk model, calibrated on {_fmt(m['verdicts_in_fit'])} verdicts" if m["calibrated"] else
-                 "the rule-based prior (no verdicts yet: an assumption, not a measurement)")
         parts.append(
-            f"<p>{_fmt(sel['negatives'])} negatives per query, unreviewed candidates with P(false negative) above "
-            f"{_e(sel['max_risk'])} skipped: {_fmt(m['negatives'])} negatives, expected false negatives "
-            f"{_fmt(m['expected_false_negatives'], 1)} ({_pct(m['expected_rate'])}) by {_e(basis)}; mean s_neg "
-            f"{_fmt(m['mean_s_neg'])}.</p>")
-        if smp.get("ci95"):
-            parts.append(f"<p>From the stratified random review ({_fmt(smp['judged'])} items): "
-                         f"{_pct(smp['rate'])}, 95% interval {_ci(smp['ci95'])}"
-                         + (f"; bands without a sample: {_e(', '.join(smp['unsampled']))}" if smp["unsampled"] else "")
-                         + ".</p>")
-        rec = xe.get("recommend")
-        if rec:
-            parts.append(_table(["max risk", "expected false-negative rate", "mean s_neg", "kept by lowest risk"],
-                                [[_fmt(p["max_risk"], 2), _pct(p["expected_rate"]), _fmt(p["mean_s_neg"]),
-                                  _fmt(p["kept_by_lowest_risk"])] for p in rec["sweep"]]))
-            parts.append("<p>" + "; ".join(
-                f"at most {_pct(float(t))}: " + (f"--max-risk {_fmt(b['max_risk'], 2)}" if b else "not reached")
-                for t, b in rec["for_target_rate"].items()) + "</p>")
+            f"<p>{_fmt(sel['negatives'])} negatives per query ({_e(sel['rule'])}): {_fmt(xe['negatives'])} "
+            f"negatives, mean s_neg {_fmt(xe['mean_s_neg'])}, {_fmt(xe['confirmed_true_negatives'])} of them "
+            f"confirmed true negatives.</p>")
+        parts.append(f"<p>{_e(xe['message'])}.</p>")
+        parts.append(f"<p>Audit sample (a random {_pct(a['rate'])} of the export, every {_fmt(a['every'])}th item "
+                     f"of the default review queue): {_fmt(a['reviewed'])} reviewed, {_fmt(a['pending'])} waiting.</p>")
     jk = stats.get("judged_at_k")
     if jk and jk.get("by_k"):
         parts.append("<h2>Judged@k</h2>")

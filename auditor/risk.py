@@ -1,4 +1,4 @@
-"""P(false negative) for every scored candidate: a rule-based prior, then a classifier learned from the verdicts.
+"""P(false negative) for every scored candidate: a rule-based prior, calibrated on the verdicts.
 
 Why not the bands alone: every band rule reads one model's view (dense rank and cosine), so it cannot tell "hard"
 from "relevant" better than rank does. Independent views can: a candidate that the dense model, BM25 and the
@@ -10,18 +10,19 @@ Prior (no verdict needed; nothing fitted to any data set)
     ``bm25`` (lexical, to the query), ``sim_to_pos`` and ``lex_to_pos`` (dense and lexical closeness to a positive),
     the teacher's score of the negative where the training file gave one, and the cross-encoder's where it was run.
     Reciprocal-rank fusion (mean over the available views of ``1 / (rrf_k + rank)``) gives ``fused_rank``, stored in
-    ``scores`` at mining; the prior is ``1 / (1 + fused_rank)``.
-Learned (from the verdicts)
-    Logistic regression (scikit-learn; it fits log-loss directly, so its probabilities are calibrated on the labels'
-    distribution) on standardised features — the prior's log-odds, dense rank and score, delta, ratio, closeness to
-    the positive, BM25 rank and score, teacher and cross-encoder margins, the query's number of positives — with L2
-    regularisation, blended with the prior by ``n / (n + prior_weight)`` so a handful of verdicts cannot swing it.
-    Items with a verdict consensus carry it (1 for false negative, 0 for true negative).
+    ``scores`` at mining; the prior is ``1 / (1 + fused_rank)``. Its order holds across collections; its level does
+    not (it assumes about 3.5 false negatives per 50 candidates), so before any verdict it is *uncalibrated*.
+Calibrated (from the verdicts, :mod:`auditor.calibration`)
+    ``logit P = a + b * logit(prior) + u_q``: the level and steepness of the prior fitted to the verdicts, and a
+    per-query correction for queries whose verdicts find more (or fewer) false negatives than expected. Items with a
+    verdict consensus carry it (1 for false negative, 0 for true negative).
 Propagation
     A confirmed false negative lifts, to at least their cosine, the risk of its near-duplicates under the same query
     and of the same document under near-duplicate queries (``RiskConfig.propagate_doc`` / ``propagate_query``).
 
-Every fit replaces the ``risk`` rows of its model and appends a ``risk_fits`` row (verdicts seen, blend, parameters).
+Every fit replaces the ``risk`` rows of its model and appends a ``risk_fits`` row (verdicts seen, whether it is
+calibrated, parameters); ``p_model`` keeps the calibrated estimate without the verdicts (the export estimate's
+audit compares it with the verdicts).
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ import math
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
+from auditor.calibration import fit_calibration
 from auditor.config import RiskConfig
 from auditor.store import background_work, transaction
 
@@ -54,25 +57,6 @@ FUSION_VIEWS: tuple[tuple[str, str], ...] = (
     ("cross_encoder", "s.ce_neg"),
 )
 
-#: Features of the learned model: (name, SQL over the feature CTE). One list, used for fitting, predicting and
-#: explaining, so the three can never disagree on what a feature is.
-FEATURES: tuple[tuple[str, str], ...] = (
-    ("prior_log_odds", "-ln(greatest(s.fused_rank, 1))"),
-    ("log_dense_rank", "ln(coalesce(s.rank, 1000))"),
-    ("s_neg", "s.s_neg"),
-    ("delta", "s.s_neg - s.s_pos_min"),
-    ("ratio", "CASE WHEN s.s_pos_min > 0 THEN least(greatest(s.s_neg / s.s_pos_min, -5), 5) ELSE 1 END"),
-    ("sim_to_pos", "coalesce(s.sim_to_pos, 0)"),
-    ("bm25", "coalesce(s.bm25, 0)"),
-    ("log_bm25_rank", "ln(coalesce(s.bm25_rank, 1000))"),
-    ("lex_to_pos", "coalesce(s.lex_to_pos, 0)"),
-    ("teacher_margin", "coalesce(t.teacher - tp.teacher_pos, 0)"),
-    ("has_teacher", "CASE WHEN t.teacher IS NULL THEN 0 ELSE 1 END"),
-    ("ce_margin", "coalesce(s.ce_neg - s.ce_pos, 0)"),
-    ("has_ce", "CASE WHEN s.ce_neg IS NULL THEN 0 ELSE 1 END"),
-    ("log_positives", "ln(greatest(coalesce(tp.n_pos, 1), 1))"),
-)
-
 _TEACHER_CTE = """
     t AS (SELECT query_id, doc_id, max(source_score) AS teacher FROM candidates
           WHERE source = 'given' AND source_score IS NOT NULL AND isfinite(source_score) {only}
@@ -83,6 +67,12 @@ _TEACHER_CTE = """
 
 #: Per item, the verdict consensus used as a label: more false_negative than true_negative verdicts -> 1, fewer -> 0;
 #: ties and unsure-only items are not labels.
+#: Fused rank assumed for a candidate without one (a prior of about 0.001).
+MISSING_FUSED_RANK = 1000
+
+#: The prior's log-odds for the scores row aliased {s}: the prior is 1 / (1 + fused_rank), odds 1 : fused_rank.
+PRIOR_LOGIT_SQL = "-ln(greatest(coalesce({s}.fused_rank, " + str(MISSING_FUSED_RANK) + "), 1))"
+
 LABELS_SQL = """
     SELECT query_id, doc_id, CASE WHEN n_fn > n_tn THEN 1 ELSE 0 END AS y FROM (
         SELECT query_id, doc_id, count(*) FILTER (WHERE verdict = 'false_negative') AS n_fn,
@@ -123,21 +113,6 @@ def update_fused_rank(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfi
     con.execute(fused_rank_sql(cfg), {"m": model})
 
 
-def features_sql(only: str = "") -> str:
-    """SELECT of query_id, doc_id, prior and every feature, for ``model = $m``; ``only`` (e.g. ``AND query_id =
-    $q``) is added to every scan, so one item's features do not aggregate whole tables."""
-    # a non-finite value (a log of 0, say) reads as 0, the same for fitting and for predicting
-    cols = ", ".join(
-        f"CASE WHEN isfinite(({expr})::DOUBLE) THEN ({expr})::DOUBLE ELSE 0 END AS {name}" for name, expr in FEATURES
-    )
-    return f"""
-        WITH {_TEACHER_CTE.format(only=only)}
-        SELECT s.query_id, s.doc_id, 1.0 / (1 + coalesce(s.fused_rank, 1000)) AS prior, {cols}
-        FROM (SELECT * FROM scored WHERE model = $m {only}) s
-        LEFT JOIN t USING (query_id, doc_id) LEFT JOIN tp USING (query_id)
-    """
-
-
 @dataclass
 class FitSummary:
     """What one fit saw and did (printed by the CLI, shown by the app)."""
@@ -146,11 +121,13 @@ class FitSummary:
     fit_id: int | None = None
     n_labels: int = 0
     n_false_negative: int = 0
-    blend: float = 0.0  #: weight of the fitted classifier (0 = prior only)
+    calibrated: bool = False  #: False: too few verdicts, the uncalibrated prior is in force
+    intercept: float = 0.0
+    slope: float = 1.0
+    queries_adjusted: int = 0  #: queries with a per-query correction (those with verdicts)
     candidates: int = 0
     propagated: int = 0
     last_event_id: int = 0
-    coefficients: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
 
@@ -182,65 +159,69 @@ def is_stale(con: duckdb.DuckDBPyConnection, model: str) -> bool:
 def fit(
     con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig = RiskConfig(), *, in_transaction: bool = False
 ) -> FitSummary:
-    """Fit on the verdicts in force, write ``risk`` for every scored candidate of ``model``, record the fit.
+    """Calibrate the prior on the verdicts in force, write ``risk`` for every scored candidate of ``model``, record
+    the fit.
 
-    Only the labeled items come to Python (to fit the classifier); the predictions for every candidate are one
-    INSERT ... SELECT with the fitted coefficients inlined, so a refit costs a scan, not memory, at any size. With
-    ``in_transaction`` the caller holds the transaction (mining writes scores, bands and risk together).
+    Only the labeled items come to Python (to fit three numbers and the per-query corrections); the predictions for
+    every candidate are one INSERT ... SELECT with the calibration inlined and the corrections joined, so a refit
+    costs a scan, not memory, at any size. With ``in_transaction`` the caller holds the transaction (mining writes
+    scores, bands and risk together).
     """
     summary = FitSummary(model=model, last_event_id=last_event_id(con))
     labeled = con.execute(
-        f"SELECT f.*, l.y FROM ({features_sql()}) f JOIN ({LABELS_SQL}) l USING (query_id, doc_id) "
-        "ORDER BY f.query_id, f.doc_id",
+        f"""SELECT l.query_id, {PRIOR_LOGIT_SQL.format(s="s")} AS prior_logit, l.y
+            FROM ({LABELS_SQL}) l JOIN scores s ON s.model = $m AND s.query_id = l.query_id AND s.doc_id = l.doc_id
+            ORDER BY l.query_id, l.doc_id""",
         {"m": model},
     ).fetchnumpy()
     y = np.asarray(labeled["y"], dtype=np.int64)
     summary.n_labels, summary.n_false_negative = len(y), int(y.sum())
-    params: dict[str, Any] = {"features": [name for name, _ in FEATURES], "config": cfg.__dict__}
+    params: dict[str, Any] = {"config": cfg.__dict__}
+    offsets: dict[str, float] = {}
     p_model = "prior"
     if len(y) >= cfg.min_labels and min(y.sum(), len(y) - y.sum()) >= cfg.min_per_class:
-        X = np.column_stack([np.asarray(labeled[name], dtype=np.float64) for name, _ in FEATURES])
-        mean, scale = X.mean(axis=0), X.std(axis=0)
-        scale[scale == 0] = 1.0
-        from sklearn.linear_model import LogisticRegression
-
-        clf = LogisticRegression(C=cfg.regularization, max_iter=1000)
-        clf.fit((X - mean) / scale, y)
-        summary.blend = len(y) / (len(y) + cfg.prior_weight)
-        summary.coefficients = {name: float(c) for (name, _), c in zip(FEATURES, clf.coef_[0])}
-        params.update(intercept=float(clf.intercept_[0]), coef=clf.coef_[0].tolist(), mean=mean.tolist(),
-                      scale=scale.tolist())
-        logit = " + ".join(
-            f"{float(w)!r} * ({name} - {float(m)!r}) / {float(sd)!r}"
-            for (name, _), w, m, sd in zip(FEATURES, clf.coef_[0], mean, scale)
-        )
-        p_model = (f"{summary.blend!r} / (1 + exp(-({float(clf.intercept_[0])!r} + {logit}))) "
-                   f"+ {1 - summary.blend!r} * prior")
+        cal = fit_calibration(np.asarray(labeled["prior_logit"], dtype=np.float64), y,
+                              np.asarray(labeled["query_id"], dtype=object), shrink=cfg.query_shrink,
+                              slope_sd=cfg.slope_sd)
+        summary.calibrated, summary.intercept, summary.slope = True, cal.intercept, cal.slope
+        offsets = cal.offsets
+        summary.queries_adjusted = len(offsets)
+        params.update(intercept=cal.intercept, slope=cal.slope, queries_adjusted=len(offsets))
+        p_model = (f"1.0 / (1 + exp(-({cal.intercept!r} + {cal.slope!r} * {PRIOR_LOGIT_SQL.format(s='f')} "
+                   f"+ coalesce(o.offset, 0))))")
     else:
-        summary.note = (f"prior only: a classifier needs {cfg.min_labels} labeled items with at least "
+        summary.note = (f"uncalibrated prior: calibrating needs {cfg.min_labels} labeled items with at least "
                         f"{cfg.min_per_class} of each verdict (have {len(y)}, {int(y.sum())} false negatives)")
-    origin = "'model'" if summary.blend else "'prior'"
+    origin = "'model'" if summary.calibrated else "'prior'"
 
     def write() -> None:
         fit_id = con.execute(
             "INSERT INTO risk_fits (model, last_event_id, n_labels, n_false_negative, blend, params) "
             "VALUES (?, ?, ?, ?, ?, ?) RETURNING fit_id",
-            [model, summary.last_event_id, summary.n_labels, summary.n_false_negative, summary.blend,
-             json.dumps(params)],
+            [model, summary.last_event_id, summary.n_labels, summary.n_false_negative,
+             1.0 if summary.calibrated else 0.0, json.dumps(params)],
         ).fetchall()[0][0]
         summary.fit_id = int(fit_id)
         con.execute("DELETE FROM risk WHERE model = $m", {"m": model})
-        con.execute(
-            f"""
-            INSERT INTO risk (model, query_id, doc_id, prior, p_model, p_fn, origin, fit_id)
-            SELECT $m, query_id, doc_id, prior, p_model,
-                   coalesce(y::DOUBLE, p_model), CASE WHEN y IS NULL THEN {origin} ELSE 'verdict' END, $f
-            FROM (SELECT f.query_id, f.doc_id, f.prior, {p_model} AS p_model, l.y
-                  FROM ({features_sql()}) f LEFT JOIN ({LABELS_SQL}) l USING (query_id, doc_id))
-            ORDER BY query_id, doc_id
-            """,
-            {"m": model, "f": summary.fit_id},
-        )
+        con.register("_risk_offsets", pa.table({"query_id": pa.array(list(offsets), pa.string()),
+                                                "offset": pa.array(list(offsets.values()), pa.float64())}))
+        try:
+            con.execute(
+                f"""
+                INSERT INTO risk (model, query_id, doc_id, prior, p_model, p_fn, origin, fit_id)
+                SELECT $m, query_id, doc_id, prior, p_model,
+                       coalesce(y::DOUBLE, p_model), CASE WHEN y IS NULL THEN {origin} ELSE 'verdict' END, $f
+                FROM (SELECT f.query_id, f.doc_id, 1.0 / (1 + coalesce(f.fused_rank, {MISSING_FUSED_RANK})) AS prior,
+                             {p_model} AS p_model, l.y
+                      FROM (SELECT query_id, doc_id, fused_rank FROM scores WHERE model = $m) f
+                      LEFT JOIN _risk_offsets o USING (query_id)
+                      LEFT JOIN ({LABELS_SQL}) l USING (query_id, doc_id))
+                ORDER BY query_id, doc_id
+                """,
+                {"m": model, "f": summary.fit_id},
+            )
+        finally:
+            con.unregister("_risk_offsets")
         summary.candidates = int(con.execute(
             "SELECT count(*) FROM risk WHERE model = $m", {"m": model}).fetchall()[0][0])
         summary.propagated = _propagate(con, model, cfg)

@@ -409,6 +409,18 @@ def in_transaction(con: duckdb.DuckDBPyConnection) -> bool:
     return con.execute("SELECT txid_current()").fetchall()[0][0] == first
 
 
+def remember(con: duckdb.DuckDBPyConnection, key: str, value: str) -> bool:
+    """Cache ``value`` under ``key`` in ``meta`` where that is safe: the store is writable and the caller holds no
+    transaction (a failed write would abort it; a rolled-back one would be lost). False when nothing was written:
+    the value is then simply computed again next time."""
+    readonly = con.execute(
+        "SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
+    if (readonly and readonly[0][0]) or in_transaction(con):
+        return False
+    con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+    return True
+
+
 class SharedStore:
     """One read-write connection for a whole process, a cursor per thread (DuckDB's concurrency model).
 

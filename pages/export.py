@@ -44,6 +44,13 @@ STRATEGY_HELP = {
     "band-mix": "a mix of ambiguous and too-easy negatives",
 }
 defaults = config.ExportConfig()
+#: The cleaning rules of an export: label -> (command-line flag, what the number means, default).
+RULES = {
+    "Budget": ("fn-budget", "share of plain top-N mining's false negatives the export may hold",
+               defaults.fn_budget or 0.15),
+    "Target rate": ("target-rate", "expected false-negative rate (once verdicts calibrate the risk)", 0.02),
+    "Max risk": ("max-risk", "skip unreviewed candidates with P(false negative) above this", 0.05),
+}
 
 
 def _shorten(value, limit: int = 120):
@@ -77,12 +84,17 @@ with left:
                             help="off: they are dropped from the negatives (the default)")
         drop_susp = st.toggle("Drop unreviewed suspicious candidates", value=defaults.drop_unreviewed_suspicious,
                               key="x_drop", help="suspicious = likely false negatives; keep them out until reviewed")
+        rule = st.radio("Cleaning", list(RULES), key="x_rule", horizontal=True, help="\n\n".join(
+            f"**{k}**: {v[1]}" for k, v in RULES.items()))
+        flag, meaning, default_value = RULES[rule]
+        rule_value = st.number_input(meaning, 0.0, 1.0, float(default_value), step=0.01, format="%.3f",
+                                     key=f"x_rule_{flag}")
         seed = st.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="x_seed")
         go = st.button("Prepare export", type="primary", key="x_go", icon=":material/build:")
 
     cmd = ["auditor", "export", "--db", str(ui.db_path()), "--out", f"train.{fmt}.{file_type}", "--format", fmt,
            "--negatives", str(int(negatives)), "--strategy", strategy, "--band-config", band_config,
-           "--seed", str(int(seed))]
+           "--seed", str(int(seed)), f"--{flag}", f"{rule_value:g}"]
     if relabel:
         cmd.append("--relabel")
     if not drop_susp:
@@ -99,9 +111,10 @@ if go:
     out = out_dir / f"train.{fmt}.{file_type}"
     bar = st.progress(0.0, text="Exporting…")
     try:
+        risk = {"fn_budget": None, "target_rate": None, "max_risk": None, flag.replace("-", "_"): float(rule_value)}
         summary = export(ui.cursor(), out, fmt=fmt, file_type=file_type, negatives=int(negatives), strategy=strategy,
                          relabel=relabel, drop_unreviewed_suspicious=drop_susp, config=band_config, model=model,
-                         seed=int(seed), progress=ui.progress_callback(bar))
+                         seed=int(seed), progress=ui.progress_callback(bar), **risk)
     except (StoreError, ValueError, OSError) as exc:
         bar.empty()
         st.error(ui.md(str(exc)))
@@ -130,6 +143,8 @@ with right:
                         "relabeled" if s.relabel else "dropped", delta_color="off",
                         delta_arrow="off", help="candidates an annotator confirmed as false negatives")
             m[2].metric("Positives", f"{s.positives_written:,}")
+            if s.estimate:
+                st.caption(ui.md(f"Cleaning: {s.rule}. {s.estimate['message']}."))
             path = Path(result["path"])
             if path.exists():
                 label, mime = DOWNLOAD[s.file_type]

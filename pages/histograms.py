@@ -58,11 +58,11 @@ def _histogram(db: str, model: str, version: tuple, what: str) -> dict:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _estimate(db: str, model: str, selection_json: str, version: tuple, sweep: bool) -> dict:
+def _estimate(db: str, model: str, selection_json: str, version: tuple) -> dict:
     from auditor.estimate import export_estimate
     from auditor.select import Selection
 
-    return export_estimate(ui.cursor(), Selection.from_json(selection_json), model, sweep=sweep)
+    return export_estimate(ui.cursor(), Selection.from_json(selection_json), model)
 
 
 def _risk_version(model: str) -> tuple:
@@ -90,41 +90,26 @@ def _export_risk(model: str) -> None:
         return
     selection = current_selection(con)
     version = (scores_version(con), _risk_version(model))
-    est = _estimate(str(ui.db_path()), model, selection.to_json(), version, False)
-    m, smp = est["model"], est["sample"]
-    st.markdown(f"**The export** ({selection.negatives} negatives per query, skipping unreviewed candidates with "
-                f"P(false negative) above {selection.max_risk}; the settings of the latest export)")
+    est = _estimate(str(ui.db_path()), model, selection.to_json(), version)
+    audit = est["audit"]
+    st.markdown(f"**The export** ({selection.negatives} negatives per query, {selection.rule}; the settings of the "
+                "latest export)")
     c1, c2, c3 = st.columns(3)
-    c1.metric("Expected false negatives", f"{m['expected_false_negatives']:.1f}", _pct(m["expected_rate"]),
-              delta_color="off", delta_arrow="off", border=True,
-              help="sum of P(false negative) over the exported negatives; a confirmed true negative counts 0")
-    c1.caption(f"calibrated on {m['verdicts_in_fit']} verdicts" if m["calibrated"] else
-               "rule-based prior only: an assumption until verdicts calibrate it")
-    if smp.get("ci95"):
-        point = "n/a" if smp["rate"] is None else _pct(smp["rate"])
-        c2.metric("From the random review", point, f"95%: {_pct(smp['ci95'][0])} – {_pct(smp['ci95'][1])}",
-                  delta_color="off", delta_arrow="off", border=True,
-                  help="false-negative share of the stratified random sample, weighted by the export's bands")
-        if smp["unsampled"]:
-            c2.caption("no random sample yet in: " + ", ".join(ui.BAND_LABELS[b] for b in smp["unsampled"]))
+    if est["status"] == "estimated":
+        c1.metric("Estimated false negatives", _pct(est["rate"]),
+                  f"95%: {_pct(est['ci95'][0])} – {_pct(est['ci95'][1])}", delta_color="off", delta_arrow="off",
+                  border=True, help="the calibrated risk of the unreviewed exported negatives, corrected by the "
+                                    "audit sample (a random share of the export reviewed in the default queue)")
     else:
-        c2.metric("From the random review", "no sample", border=True)
-        c2.caption("Review in 'Stratified random' order to check the model's estimate.")
-    c3.metric("Mean s_neg", f"{m['mean_s_neg']:.3f}" if m["mean_s_neg"] is not None else "n/a", border=True,
+        c1.metric("Estimated false negatives", "not yet", border=True)
+    c1.caption(est["message"])
+    c2.metric("Audit items reviewed", f"{audit['reviewed']:,}",
+              f"{audit['pending']:,} waiting", delta_color="off", delta_arrow="off", border=True,
+              help=f"a random {100 * audit['rate']:.1f}% of the export; every {audit['every']}th item of the default "
+                   "review queue is one")
+    c3.metric("Mean s_neg", f"{est['mean_s_neg']:.3f}" if est["mean_s_neg"] is not None else "n/a", border=True,
               help="mean similarity of query and exported negative: how hard the negatives are")
-    c3.caption(f"{m['queries_kept_at_n_by_lowest_risk']:,} queries kept at N by their lowest-risk candidates")
-    if st.toggle("Threshold for a target rate (sweeps the threshold: a few seconds on large stores)", key="h_sweep"):
-        rec = _estimate(str(ui.db_path()), model, selection.to_json(), version, True)["recommend"]
-        st.dataframe({
-            "max risk": [p["max_risk"] for p in rec["sweep"]],
-            "expected FN rate": [_pct(p["expected_rate"]) for p in rec["sweep"]],
-            "mean s_neg": [None if p["mean_s_neg"] is None else round(p["mean_s_neg"], 3) for p in rec["sweep"]],
-            "kept by lowest risk": [p["kept_by_lowest_risk"] for p in rec["sweep"]],
-        }, hide_index=True, width="stretch")
-        for target, best in rec["for_target_rate"].items():
-            st.text(f"at most {_pct(float(target))} false negatives: " + (
-                f"export with --max-risk {best['max_risk']:g} (mean s_neg {best['mean_s_neg']:.3f})" if best
-                else "no threshold in the sweep gets there"))
+    c3.caption(f"{est['confirmed_true_negatives']:,} exported negatives confirmed true negatives")
 
 
 def _save(name: str, cfg: BandConfig) -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from auditor.commands.args import opt_float
 from auditor.config import DEFAULT_BAND_CONFIG, ExportConfig
 from auditor.export import FILE_TYPES, FORMATS, ExportSummary
+
+if TYPE_CHECKING:
+    from auditor.select import Selection
 
 _DEFAULTS = ExportConfig()
 
@@ -21,10 +25,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write cleaned training data (JSONL or Parquet)",
         description=(
             "Write the training set with N negatives per query chosen after cleaning: confirmed false negatives "
-            "are dropped (or, with --relabel, added to the positives), unreviewed candidates whose estimated "
-            "P(false negative) is above --max-risk are skipped (a query that would keep fewer than N takes its "
-            "lowest-risk remaining candidates), and blank texts are never written. The settings are saved in the "
-            "store: the review queue then holds what this export wrote, riskiest first. Layouts (--format): triplet = sentence-transformers "
+            "are dropped (or, with --relabel, added to the positives), and of the rest each query takes its hardest "
+            "candidates, each charged for its estimated P(false negative); the charge is set so that the export "
+            "holds at most --fn-budget of the false negatives plain top-N mining would (0.15 by default: a budget "
+            "relative to the data, not a fixed risk), or an expected --target-rate once verdicts calibrate the "
+            "risk; --max-risk P instead skips unreviewed candidates above P (a query short of N is then filled by "
+            "the same trade-off of hardness and risk). Blank texts are never written. The settings are saved in "
+            "the store: the review queue then asks about what this export would change most. The summary states "
+            "the export's estimated false-negative rate with a 95%% interval once verdicts (and the queue's audit "
+            "items) allow one, and says so when they do not yet. Layouts (--format): triplet = sentence-transformers "
             "{anchor, positive, negative}, one line per (positive, negative) pair; st-ntuple = sentence-transformers "
             "{anchor, positive, negative_1..negative_N}, one line per query with exactly N negatives; ntuple = "
             "FlagEmbedding {query, pos, neg, pos_scores, neg_scores, prompt}; rich = ids, texts, and per negative "
@@ -48,11 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="top: hardest surviving negatives; random: uniform within a rank window; simans: sampled "
                         "by SimANS weight; band-mix: shares per band (default top)")
     p.add_argument("--relabel", action="store_true", help="add confirmed false negatives to the positives")
-    p.add_argument("--max-risk", type=opt_float, default=_DEFAULTS.max_risk, metavar="P",
-                   help="skip unreviewed candidates whose P(false negative) is above P (default %(default)s; 'off' "
-                        "keeps them; `auditor stats` recommends one for a target rate)")
+    add_risk_arguments(p)
     p.add_argument("--no-keep-n", dest="keep_n", action="store_false", default=_DEFAULTS.keep_n,
-                   help="let a query fall short of N instead of taking its lowest-risk remaining candidates")
+                   help="with --max-risk (or a strategy other than top): let a query fall short of N instead of "
+                        "filling it with the best remaining trade-offs of hardness and risk")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--drop-unreviewed-suspicious", dest="drop_unreviewed_suspicious", action="store_true",
                    default=_DEFAULTS.drop_unreviewed_suspicious,
@@ -88,6 +96,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_stats)
 
 
+def add_risk_arguments(p: argparse.ArgumentParser, default_budget: float | None = _DEFAULTS.fn_budget) -> None:
+    """--fn-budget, --target-rate and --max-risk: how much risk an export takes (export, evaluate, queue)."""
+    p.add_argument("--fn-budget", type=float, default=default_budget, metavar="SHARE",
+                   help="hold at most this share of the false negatives plain top-N mining would, by the risk model "
+                        f"(default {_DEFAULTS.fn_budget}; smaller is cleaner and easier)")
+    p.add_argument("--target-rate", type=float, default=None, metavar="RATE",
+                   help="instead, an expected false-negative rate of the export (meaningful once verdicts calibrate "
+                        "the risk: `auditor stats` says whether they do)")
+    p.add_argument("--max-risk", type=opt_float, default=None, metavar="P",
+                   help="explicit override: skip unreviewed candidates whose P(false negative) is above P")
+
+
+def selection_from_args(args: argparse.Namespace) -> "Selection":
+    """The export settings the command line asked for."""
+    from auditor.select import Selection
+
+    for name in ("fn_budget", "target_rate", "max_risk"):
+        value = getattr(args, name, None)
+        if value is not None and not 0 <= value <= 1:
+            from auditor.cli import UserError
+
+            raise UserError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+    return Selection(negatives=args.negatives, strategy=args.strategy, config=args.band_config, seed=args.seed,
+                     fn_budget=args.fn_budget, target_rate=args.target_rate, max_risk=args.max_risk,
+                     keep_n=args.keep_n, drop_unreviewed_suspicious=args.drop_unreviewed_suspicious)
+
+
 def _write_json(obj: dict, path: str) -> None:
     from auditor.export import write_text_atomic
 
@@ -107,11 +142,8 @@ def run_export(args: argparse.Namespace) -> int:
         with progress_bar("export", disable=args.json, unit="step") as progress:
             try:
                 summary = export(
-                    con, args.out, fmt=args.format, file_type=args.file_type, negatives=args.negatives,
-                    strategy=args.strategy, relabel=args.relabel,
-                    drop_unreviewed_suspicious=args.drop_unreviewed_suspicious, config=args.band_config,
-                    model=args.model, seed=args.seed, max_risk=args.max_risk, keep_n=args.keep_n,
-                    short_ids_path=args.short_ids, progress=progress,
+                    con, args.out, selection_from_args(args), fmt=args.format, file_type=args.file_type,
+                    relabel=args.relabel, model=args.model, short_ids_path=args.short_ids, progress=progress,
                 )
             except ValueError as exc:
                 raise UserError(str(exc)) from None
@@ -150,14 +182,14 @@ def _summary_lines(s: ExportSummary) -> list[str]:
     if not s.risk_applied:
         lines.append("warning: no false-negative risk for this model (the store was mined by an older auditor): "
                      "nothing was skipped by risk; run `auditor mine` again (cached embeddings are reused)")
-    elif s.max_risk is not None:
+    else:
         kept = (f"; {s.kept_by_lowest_risk:,} negatives above it kept so that {s.queries_kept_by_lowest_risk:,} "
-                "queries keep N" if s.kept_by_lowest_risk else "; every query kept N below it")
-        expected = ("" if s.expected_false_negatives is None else
-                    f"; expected false negatives in the file: {s.expected_false_negatives:.1f} "
-                    f"({100 * s.expected_false_negatives / max(s.negatives_written, 1):.1f}%)")
-        lines.append(f"max risk {s.max_risk:g}: {s.candidates_above_max_risk:,} unreviewed candidates above it "
-                     f"skipped{kept}{expected}")
+                "queries keep N" if s.kept_by_lowest_risk else "")
+        skipped = (f": {s.candidates_above_max_risk:,} unreviewed candidates above it skipped"
+                   if s.max_risk is not None else f" (trade-off {s.tradeoff:.3g} per unit of risk)")
+        lines.append(f"cleaning: {s.rule}{skipped}{kept}")
+        if s.estimate:
+            lines.append(s.estimate["message"])
     if s.score_source:
         lines.append(f"scores: teacher for {s.score_source['teacher']:,} queries, model cosine for "
                      f"{s.score_source['model']:,}")
@@ -256,25 +288,12 @@ def _print_stats(st: dict) -> None:
             print(f"  Cohen's kappa over {v['agreement']['items']} items: {v['agreement']['kappa']}")
     est = st.get("export_estimate")
     if est:
-        m, smp, sel = est["model"], est["sample"], est["selection"]
-        print(f"export of {sel['negatives']} negatives per query (max risk {sel['max_risk']}): expected false "
-              f"negatives {m['expected_false_negatives']:.1f} of {m['negatives']:,} = {_pct(m['expected_rate'])} by "
-              + (f"the risk model (calibrated on {m['verdicts_in_fit']} verdicts)" if m["calibrated"]
-                 else "the rule-based prior (no verdicts yet: an assumption, not a measurement)"))
-        if smp.get("ci95"):
-            point = "-" if smp["rate"] is None else _pct(smp["rate"])
-            print(f"  from the stratified random review ({smp['judged']} items): {point} "
-                  f"[{_pct(smp['ci95'][0])}, {_pct(smp['ci95'][1])}]"
-                  + (f"; no sample yet in {', '.join(smp['unsampled'])}" if smp["unsampled"] else ""))
-        else:
-            print("  no stratified random review yet: `auditor queue --mode stratified` gives a sample to check it")
-        rec = (est.get("recommend") or {}).get("for_target_rate") or {}
-        for target, best in rec.items():
-            if best:
-                print(f"  for at most {_pct(float(target))} false negatives: --max-risk {best['max_risk']:g} "
-                      f"(expected {_pct(best['expected_rate'])}, mean s_neg {best['mean_s_neg']:.3f})")
-            else:
-                print(f"  for at most {_pct(float(target))} false negatives: no threshold in the sweep gets there")
+        sel, a = est["selection"], est["audit"]
+        print(f"export of {sel['negatives']} negatives per query ({sel['rule']}): {est['negatives']:,} negatives, "
+              f"mean s_neg {est['mean_s_neg'] or 0:.3f}, {est['confirmed_true_negatives']:,} confirmed true negatives")
+        print(f"  {est['message']}")
+        print(f"  audit sample: {a['reviewed']} reviewed, {a['pending']} waiting; rate {100 * a['rate']:.2f}% of the "
+              "export")
     jk = (st.get("judged_at_k") or {}).get("by_k") or []
     if jk:
         print("judged@k (qrels label / label or verdict): " + ", ".join(

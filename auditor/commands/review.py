@@ -14,9 +14,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "queue",
         help="print the review queue in order",
         description=(
-            "Print the review queue. export (default): the candidates the export would write with the current "
-            "export settings (those of the latest `auditor export`, or the flags below), highest P(false negative) "
-            "first; a confirmed false negative leaves the export and its replacement enters the queue. risk: every "
+            "Print the review queue. export (default): the verdicts that would change the export most, with the "
+            "current export settings (those of the latest `auditor export`, or the flags below): exported "
+            "negatives likely to be false negatives, and hard candidates the export leaves out for their risk (a "
+            "confirmed true negative goes in); every 4th item is an audit item, a random share of the export whose "
+            "verdicts let `auditor stats` estimate the export's false-negative rate with an interval. risk: every "
             "candidate, highest P(false negative) first. stratified: random per band, with each item's sampling "
             "probability. Items already judged (by ANNOTATOR, or by enough annotators) are left out. With --json, a "
             "JSON array of items carrying query_id, doc_id (the source's ids), band, rule, scores and p_fn, ready "
@@ -48,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("export settings (export mode; default: those of the latest export)")
     g.add_argument("--negatives", type=int, help="negatives per query")
     g.add_argument("--strategy", choices=["top", "random", "simans", "band-mix"], help="how negatives are chosen")
+    g.add_argument("--fn-budget", type=float, metavar="SHARE",
+                   help="share of plain top-N mining's false negatives the export may hold")
     g.add_argument("--max-risk", type=opt_float, metavar="P", help="risk threshold ('off' for none)")
     p.add_argument("--texts", action="store_true", help="with --json, add the query and candidate texts")
     p.add_argument("--json", action="store_true", help="print a JSON array")
@@ -95,7 +99,7 @@ def _selection(con, args: argparse.Namespace):
     from auditor.select import current_selection
 
     sel = current_selection(con)
-    changes = {k: getattr(args, k) for k in ("negatives", "strategy") if getattr(args, k) is not None}
+    changes = {k: getattr(args, k) for k in ("negatives", "strategy", "fn_budget") if getattr(args, k) is not None}
     if args.max_risk is not None or "--max-risk" in sys.argv:
         changes["max_risk"] = args.max_risk
     if args.band_config is not None:
@@ -152,7 +156,7 @@ def run_queue(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     if not items:
-        print("the queue is empty" + (": the export holds no unreviewed candidate" if args.mode == "export" else ""))
+        print("the queue is empty" + (": no verdict would change the export" if args.mode == "export" else ""))
         return 0
     print(f"{'#':>4}  {'P(FN)':>6}  {'band':<10} {'rule':<16} {'s_neg':>7} {'s_pos':>7} {'delta':>7} {'rank':>5}  "
           "query_id / doc_id")
@@ -214,10 +218,11 @@ def _refit(con):
 
 
 def _fit_line(fit) -> str:
-    if not fit.blend:
+    if not fit.calibrated:
         return f"risk: {fit.note}"
-    return (f"risk refitted on {fit.n_labels} verdicts ({fit.n_false_negative} false negatives): classifier weight "
-            f"{fit.blend:.2f} against the prior; {fit.propagated} near-duplicates of confirmed false negatives lifted")
+    return (f"risk calibrated on {fit.n_labels} verdicts ({fit.n_false_negative} false negatives): logit P = "
+            f"{fit.intercept:.2f} + {fit.slope:.2f} x logit(prior), {fit.queries_adjusted} queries corrected by their "
+            f"own verdicts; {fit.propagated} near-duplicates of confirmed false negatives lifted")
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -161,7 +161,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     con = _store(args.db, read_only=True)
     selection = Selection(negatives=args.negatives, strategy=args.strategy, config=args.config, seed=args.seed,
-                          max_risk=args.max_risk)
+                          fn_budget=args.fn_budget, target_rate=args.target_rate, max_risk=args.max_risk)
     result = evaluate(con, args.answer_key, model=args.model, selection=selection)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
@@ -264,9 +264,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=DEFAULT_BAND_CONFIG, help="band configuration")
     p.add_argument("--model", default=None, help="scored model (default: the latest scored)")
     p.add_argument("--seed", type=int, default=ExportConfig.seed)
-    p.add_argument("--max-risk", type=opt_float, default=ExportConfig.max_risk, metavar="P",
-                   help="skip unreviewed candidates with P(false negative) above P, as `auditor export` does "
-                        "(default %(default)s; 'off' keeps them)")
+    from auditor.commands.export import add_risk_arguments
+
+    add_risk_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_evaluate)
 
