@@ -922,6 +922,8 @@ def _py(value: Any) -> Any:
         return [str(x) for x in value]
     if hasattr(value, "item"):
         value = value.item()
+    if value is None or value is pd.NA or value is pd.NaT:  # nullable columns (a given negative has no rank)
+        return None
     if isinstance(value, float) and math.isnan(value):
         return None
     return value

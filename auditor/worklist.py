@@ -4,13 +4,16 @@ The Review page keeps one :class:`Worklist` per browser session and queue choice
 (:func:`auditor.queue.claim`), shows the first, and after each verdict shows the next one at once: its context was
 computed in the background while the annotator read the previous item, and the lease that reserves it was taken
 then too. ``serial`` changes whenever the item on screen changes, so an action that names an older serial (a key
-pressed before the new item was drawn) is recognised as stale and ignored.
+pressed before the new item was drawn) is recognised as stale and ignored. Serials are unique in the process, not
+per worklist: a page keys its widgets by serial, and a new worklist (another queue choice) must not inherit the
+widget state of an old one's item with the same number.
 
 No Streamlit here (pages/_common.py holds the worklist in the session); everything is thread-safe.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -25,6 +28,9 @@ from auditor import queue, review
 from auditor.ui_helpers import positive_marks
 
 Cursor = Callable[[], duckdb.DuckDBPyConnection]
+
+#: Serials of items on screen, unique across every worklist in the process (see the module docstring).
+_SERIALS = itertools.count(1)
 
 def _lower_priority() -> None:
     """Prefetch threads yield the CPU to the threads that answer key presses (Linux: nice per thread)."""
@@ -83,7 +89,7 @@ class Worklist:
         self._renewed = time.time()
         #: model and band configuration the queue resolved to (from the claimed items)
         self._resolved: tuple[str | None, str | None] = (queue_kw.get("model"), queue_kw.get("config"))
-        self.serial = 0  #: changes whenever the item on screen changes
+        self.serial = next(_SERIALS)  #: changes whenever the item on screen changes
         self.empty = False  #: the last claim found nothing to review
         self.error: str | None = None  #: the last background failure, for the page to show
 
@@ -123,7 +129,7 @@ class Worklist:
             if got:
                 self._resolved = (got[0].get("model"), got[0].get("config"))
             if self.current_key() != before:
-                self.serial += 1
+                self.serial = next(_SERIALS)
         self._renewed = time.time()
 
     # ---- context -----------------------------------------------------------------------------------------------
@@ -199,7 +205,7 @@ class Worklist:
                 self._finished.popitem(last=False)
             self.items = [it for it in self.items if _key(it) != (query_id, doc_id)]
             self._contexts.pop((query_id, doc_id), None)
-            self.serial += 1
+            self.serial = next(_SERIALS)
 
     def push_front(self, item: dict[str, Any]) -> None:
         """Show ``item`` now (an undone verdict comes back); the caller holds its lease."""
@@ -207,14 +213,14 @@ class Worklist:
             self._finished.pop(_key(item), None)
             self.items = [item] + [it for it in self.items if _key(it) != _key(item)]
             self.empty = False
-            self.serial += 1
+            self.serial = next(_SERIALS)
 
     def reset(self) -> None:
         """Forget what was finished here (skipped items brought back) and claim afresh on the next page run."""
         with self._lock:
             self._finished.clear()
             self.items = []
-            self.serial += 1
+            self.serial = next(_SERIALS)
 
     # ---- background ---------------------------------------------------------------------------------------------
     def prefetch(self) -> None:

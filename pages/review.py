@@ -85,7 +85,7 @@ def _verdict(verdict: str, query_id: str, doc_id: str, serial: int) -> None:
 
 
 def _skip(query_id: str, doc_id: str, serial: int) -> None:
-    if wl.is_current(query_id, doc_id, serial):
+    if wl.is_current(query_id, doc_id, serial) and ui.still_signed_in():
         wl.skip(wl.current())
         ss["last"] = f"Skipped {query_id} / {doc_id}: it stays out of your queue until you bring it back"
 
@@ -102,6 +102,8 @@ def _undo(serial: int) -> None:
 
 
 def _bring_back() -> None:
+    if not ui.still_signed_in():
+        return
     queue.clear_skips(ui.cursor(), user.name)
     wl.reset()
 
@@ -209,6 +211,8 @@ def item_area() -> None:
     positives = ctx["positives"]
     default, anchor, nearest = _pick_positive(ctx, cand, cfg)
     shown = ss.get(f"pos_{serial}", default)
+    if not 0 <= shown < len(positives):  # widget state from another item: never index past this item's positives
+        shown = default
 
     left, right = st.columns([10, 3], gap="small")
     with left:

@@ -3,6 +3,7 @@ risk rows: its `risk` order is the band-and-delta order; the export-aware defaul
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -263,3 +264,18 @@ def test_filtered_stratified_walk_is_not_a_band_sample(handbuilt_store):
                                   sampling_prob=item["sampling_prob"])
     assert handbuilt_store.execute("SELECT queue_mode FROM verdicts WHERE event_id = ?", [event]).fetchall() == [
         ("stratified_filtered",)]
+
+
+@pytest.mark.parametrize("mode", ["stratified", "risk", "export"])
+def test_given_negatives_without_a_rank_can_be_claimed_in_every_order(handbuilt_store, mode):
+    """A negative given by the training file but never mined has no rank: claiming it (the app's path, and `auditor
+    queue --claim`) once crashed on int(NA). It comes back with rank None, in every order."""
+    from auditor import queue
+
+    handbuilt_store.execute("UPDATE scores SET rank = NULL WHERE doc_id IN ('n1', 'n5', 'n8')")
+    got = queue.claim(handbuilt_store, annotator="ann", limit=20, mode=mode)
+    assert got, mode
+    unranked = [it for it in got if it["doc_id"] in {"n1", "n5", "n8"}]
+    assert unranked and all(it["rank"] is None for it in unranked)
+    assert all(isinstance(it["rank"], int) for it in got if it["doc_id"] not in {"n1", "n5", "n8"})
+    assert json.dumps(got)  # items serialise (auditor queue --json)
