@@ -27,6 +27,8 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
@@ -192,8 +194,50 @@ def user_by_email(con: duckdb.DuckDBPyConnection, email: str | None) -> User | N
     return User(*row[0]) if row else None
 
 
-_failures: dict[str, tuple[int, float]] = {}
-_failures_lock = threading.Lock()
+class SignInThrottle:
+    """Failed sign-ins per name, counted *before* the password is checked.
+
+    The check takes ~100 ms (scrypt); a counter read before it and written after lets concurrent tries all read the
+    same count (24 wrong passwords from 12 sessions once locked nothing out). Each try is therefore counted under
+    the lock as it starts and forgiven only when the password proves right. Names are kept as hashes, at most
+    ``capacity`` of them (the oldest forgotten first), so a flood of long or random names costs bounded memory.
+    """
+
+    def __init__(self, capacity: int = 10_000, clock: Callable[[], float] = time.time) -> None:
+        self.capacity = capacity
+        self.clock = clock
+        self._tries: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return hashlib.sha256((name or "").strip().lower().encode("utf-8", "surrogatepass")).hexdigest()
+
+    def begin(self, name: str) -> None:
+        """Count a try for ``name``; raise AccountError while it is locked out."""
+        key, now = self._key(name), self.clock()
+        with self._lock:
+            count, until = self._tries.get(key, (0, 0.0))
+            if count >= MAX_FAILURES:
+                if now < until:
+                    raise AccountError(f"too many failed sign-ins: try again in {int(until - now) + 1} s")
+                count = 0  # the lockout has run out: a fresh series of tries
+            count += 1
+            self._tries[key] = (count, now + LOCKOUT_SECONDS if count >= MAX_FAILURES else 0.0)
+            self._tries.move_to_end(key)
+            while len(self._tries) > self.capacity:
+                self._tries.popitem(last=False)
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._tries.pop(self._key(name), None)
+
+    def __len__(self) -> int:
+        return len(self._tries)
+
+
+#: The process's sign-in throttle (the app is one process; a restart forgets it).
+throttle = SignInThrottle()
 
 
 def authenticate(con: duckdb.DuckDBPyConnection, name: str, password: str) -> User | None:
@@ -201,19 +245,12 @@ def authenticate(con: duckdb.DuckDBPyConnection, name: str, password: str) -> Us
 
     Raises AccountError while a name is locked out after MAX_FAILURES wrong passwords in a row.
     """
+    throttle.begin(name)
     key = (name or "").strip().lower()
-    with _failures_lock:
-        count, until = _failures.get(key, (0, 0.0))
-    if count >= MAX_FAILURES and time.time() < until:
-        raise AccountError(f"too many failed sign-ins: try again in {int(until - time.time()) + 1} s")
     row = con.execute("SELECT name, role, email, password_hash FROM users WHERE lower(name) = ?", [key]).fetchall()
     ok = verify_password(password or "", row[0][3] if row and row[0][3] else _DUMMY_HASH) and bool(row)
-    with _failures_lock:
-        if ok:
-            _failures.pop(key, None)
-        else:
-            count = count + 1 if count < MAX_FAILURES else 1
-            _failures[key] = (count, time.time() + LOCKOUT_SECONDS if count >= MAX_FAILURES else 0.0)
+    if ok:
+        throttle.succeeded(name)
     return User(*row[0][:3]) if ok else None
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 import sys
 
 import duckdb
@@ -53,15 +55,67 @@ def test_add_authenticate_and_store_no_clear_text(store):
 
 
 def test_repeated_wrong_passwords_lock_the_name_out(store, monkeypatch):
-    monkeypatch.setattr(accounts, "_failures", {})
+    now = [1000.0]
+    monkeypatch.setattr(accounts, "throttle", accounts.SignInThrottle(clock=lambda: now[0]))
     accounts.add_user(store, "eve", "annotator", password="right-password")
     for _ in range(accounts.MAX_FAILURES):
         assert accounts.authenticate(store, "eve", "guess") is None
     with pytest.raises(AccountError, match="too many failed sign-ins"):
+        accounts.authenticate(store, "EVE ", "right-password")  # the same name however typed
+    now[0] += accounts.LOCKOUT_SECONDS - 1
+    with pytest.raises(AccountError, match="try again in 2 s"):
         accounts.authenticate(store, "eve", "right-password")
-    monkeypatch.setattr(accounts, "LOCKOUT_SECONDS", 0)
-    accounts._failures["eve"] = (accounts.MAX_FAILURES, 0.0)  # the lockout has run out
+    now[0] += 2
+    assert accounts.authenticate(store, "eve", "guess") is None  # the lockout has run out: a new series starts
     assert accounts.authenticate(store, "eve", "right-password").name == "eve"
+    for _ in range(accounts.MAX_FAILURES - 1):  # a right password forgave the series before it
+        assert accounts.authenticate(store, "eve", "guess") is None
+    assert accounts.authenticate(store, "eve", "right-password").name == "eve"
+
+
+def test_concurrent_wrong_passwords_lock_the_name_out(store, monkeypatch):
+    """Each try is counted before the ~100 ms password check: 24 tries at once from 12 threads (the app's sessions)
+    lock the name out, and no more than MAX_FAILURES of them reach the password check."""
+    monkeypatch.setattr(accounts, "throttle", accounts.SignInThrottle())
+    accounts.add_user(store, "eve", "annotator", password="right-password")
+    checks, real = [], accounts.verify_password
+
+    def slow_verify(password, stored):
+        checks.append(password)
+        time.sleep(0.1)
+        return real(password, stored)
+
+    monkeypatch.setattr(accounts, "verify_password", slow_verify)
+    start = threading.Barrier(12)
+    refused = []
+
+    def attacker() -> None:
+        cur = store.cursor()
+        start.wait()
+        for _ in range(2):
+            try:
+                assert accounts.authenticate(cur, "eve", "guess") is None
+            except AccountError:
+                refused.append(1)
+
+    threads = [threading.Thread(target=attacker) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(checks) == accounts.MAX_FAILURES and len(refused) == 24 - accounts.MAX_FAILURES
+    with pytest.raises(AccountError, match="too many failed sign-ins"):
+        accounts.authenticate(store, "eve", "right-password")
+
+
+def test_failed_sign_ins_cost_bounded_memory(store, monkeypatch):
+    throttle = accounts.SignInThrottle(capacity=50)
+    monkeypatch.setattr(accounts, "throttle", throttle)
+    monkeypatch.setattr(accounts, "verify_password", lambda password, stored: False)
+    for i in range(200):
+        assert accounts.authenticate(store, f"{i}" + "x" * 100_000, "guess") is None
+    assert len(throttle) == 50
+    assert all(len(k) == 64 for k in throttle._tries)  # hashes, not the 100 kB names
 
 
 def test_sessions_store_only_a_hash_expire_and_end_with_the_account(store):
