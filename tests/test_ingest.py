@@ -304,7 +304,7 @@ def test_second_process_gets_a_clear_lock_message(tmp_path):
         cli = subprocess.run(
             [sys.executable, "-m", "auditor", "info", "--db", str(path)], capture_output=True, text=True
         )
-        assert cli.returncode == 2 and "open in another process" in cli.stderr and "Traceback" not in cli.stderr
+        assert cli.returncode == 4 and "open in another process" in cli.stderr and "Traceback" not in cli.stderr
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
@@ -386,7 +386,7 @@ def test_cli_ingest_and_info(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q", "pos": "p", "neg": []}\n')
     out = run("ingest", str(bad), "--db", str(db))
-    assert out.returncode == 2 and f"{bad}:1: field 'pos': expected a list" in out.stderr
+    assert out.returncode == 3 and f"{bad}:1: field 'pos': expected a list" in out.stderr
     assert "Traceback" not in out.stderr
 
 
@@ -419,3 +419,45 @@ def test_skip_bad_default_report_for_a_generic_file_name(store, tmp_path, monkey
     summary = ingest_path(store, path, skip_bad=True)
     assert summary.dataset == "my-set/train" and summary.skipped == 1
     assert Path(summary.rejects_path) == tmp_path / "my-set_train.rejects.jsonl"
+
+
+def test_exit_codes_tell_usage_bad_data_busy_store_and_full_disk_apart(tmp_path, monkeypatch, capsys):
+    """Scripts branch on the exit code: 2 usage, 3 a refused input file, 4 a store in use, 5 a full disk (README,
+    "Exit codes"); each with a one-line message, never a traceback."""
+    import errno
+
+    import duckdb
+
+    from auditor import cli
+    from auditor.ingest.errors import IngestError
+    from auditor.store import StoreLockedError
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "pos": ["p"], "neg": "n"}\n')
+    db = tmp_path / "s.duckdb"
+    assert cli.main(["ingest", str(bad), "--db", str(db)]) == cli.EXIT_BAD_DATA
+    assert f"{bad}:1: field 'neg'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["export", "--db", str(db), "--format", "nope"])
+    assert usage.value.code == cli.EXIT_USAGE
+    assert cli.main(["mine", "--db", str(tmp_path / "missing.duckdb")]) == cli.EXIT_USAGE
+    assert cli.exit_code(StoreLockedError("busy")) == cli.EXIT_STORE_BUSY
+    assert cli.exit_code(IngestError("f.jsonl:3", "pos", "expected a list")) == cli.EXIT_BAD_DATA
+    assert cli.exit_code(ValueError("a bug")) is None  # bugs keep their traceback
+
+    # a full disk, wherever it surfaces: an OSError, or DuckDB's IO error (raised from it or naming it)
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("auditor.ingest.ingest_path", full)
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"query": "q", "pos": ["p"], "neg": ["n"]}\n')
+    assert cli.main(["ingest", str(good), "--db", str(db)]) == cli.EXIT_NO_SPACE
+    err = capsys.readouterr().err
+    assert "no space left on device" in err and "nothing half-written was kept" in err and "Traceback" not in err
+    io_error = duckdb.IOException('Could not write file "s.duckdb.wal": No space left on device')
+    assert cli.exit_code(io_error) == cli.EXIT_NO_SPACE
+    wrapped = StoreLockedError("could not write")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+    assert cli.exit_code(wrapped) == cli.EXIT_NO_SPACE
+    assert "exit codes:" in cli.build_parser().format_help()

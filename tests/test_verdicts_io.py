@@ -130,7 +130,7 @@ def test_cli_verdicts_and_queue(handbuilt_store_path, tmp_path, capsys):
     assert cli_main(["queue", "--db", db, "--mode", "stratified", "--limit", "0"]) == 0
     assert "sampling" not in capsys.readouterr().err
     bad = _write(tmp_path / "bad.jsonl", [{"query_id": "q1", "doc_id": "zz", "verdict": "unsure"}])
-    assert cli_main(["verdicts", "import", str(bad), "--db", db, "--annotator", "x"]) == 2
+    assert cli_main(["verdicts", "import", str(bad), "--db", db, "--annotator", "x"]) == 3  # bad data
     err = capsys.readouterr().err
     assert "bad.jsonl:1" in err and "doc_id" in err and "Traceback" not in err
     out = tmp_path / "e.jsonl"
