@@ -194,6 +194,11 @@ def user_by_email(con: duckdb.DuckDBPyConnection, email: str | None) -> User | N
     return User(*row[0]) if row else None
 
 
+def _sign_in_name(name: str | None) -> str:
+    """A name as typed at sign-in, as accounts are looked up (and throttled): case and outer spaces do not count."""
+    return (name or "").strip().lower()
+
+
 class SignInThrottle:
     """Failed sign-ins per name, counted *before* the password is checked.
 
@@ -211,7 +216,7 @@ class SignInThrottle:
 
     @staticmethod
     def _key(name: str) -> str:
-        return hashlib.sha256((name or "").strip().lower().encode("utf-8", "surrogatepass")).hexdigest()
+        return hashlib.sha256(_sign_in_name(name).encode("utf-8", "surrogatepass")).hexdigest()
 
     def begin(self, name: str) -> None:
         """Count a try for ``name``; raise AccountError while it is locked out."""
@@ -246,7 +251,7 @@ def authenticate(con: duckdb.DuckDBPyConnection, name: str, password: str) -> Us
     Raises AccountError while a name is locked out after MAX_FAILURES wrong passwords in a row.
     """
     throttle.begin(name)
-    key = (name or "").strip().lower()
+    key = _sign_in_name(name)
     row = con.execute("SELECT name, role, email, password_hash FROM users WHERE lower(name) = ?", [key]).fetchall()
     ok = verify_password(password or "", row[0][3] if row and row[0][3] else _DUMMY_HASH) and bool(row)
     if ok:

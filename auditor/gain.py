@@ -36,28 +36,14 @@ def review_pool_sql(
     positive gain, with ``gain``, ``audit`` (exported, not a confirmed true negative, and ``u < rate``) and ``u``."""
     n = int(selection.negatives)
     by_key = selection.strategy == "top" and selection.max_risk is None
-    keyed = selection.keyed_sql(model, t, queries=queries, query_ids=query_ids)
-    if selection.strategy == "band-mix":  # its order reads a per-band position (as Selection.sql adds it)
-        from auditor.select import uniform_sql
-
-        keyed = f"""SELECT *, row_number() OVER (PARTITION BY query_id, band, eligible
-                                                 ORDER BY {uniform_sql(selection.seed)}, doc_id) AS band_rn
-                    FROM ({keyed})"""
     lam = float(t.lam)
     if by_key:
         gain = f"""CASE WHEN k.slot <= {n} THEN k.p * (coalesce(c.k_next, k.h) - (k.h - {lam!r}))
                         ELSE (1 - k.p) * greatest(0, k.h - c.k_min) END"""
     else:
         gain = f"CASE WHEN k.slot <= {n} THEN k.p ELSE 0 END"
-    in_window = ""
-    if selection.strategy == "random":
-        lo, hi = (int(x) for x in selection.random_window)
-        in_window = f"WHERE rank BETWEEN {lo} AND {hi}"
     return f"""
-        WITH k AS (
-            SELECT *, row_number() OVER (PARTITION BY query_id ORDER BY {selection._order(t)}) AS slot
-            FROM ({keyed}) {in_window}
-        ),
+        WITH k AS ({selection.ranked_sql(model, t, queries=queries, query_ids=query_ids)}),
         c AS (SELECT query_id, min(key) FILTER (WHERE slot <= {n}) AS k_min,
                      max(key) FILTER (WHERE slot > {n}) AS k_next
               FROM k GROUP BY query_id)

@@ -659,7 +659,7 @@ def _queue_sql(
     pool = f"SELECT * FROM {items} WHERE {' AND '.join(where)}"
     avail = "SELECT * FROM pool ANTI JOIN _done USING (query_id, doc_id)"
     if mode == "export":
-        return _export_queue_sql(pool, limit, n_done, interleave or _Interleave(1.0, 4, 0, 0), params)
+        return _export_queue_sql(pool, limit, n_done, interleave, params)  # _run passes the audit progress
     sampling = "band_pos::DOUBLE / band_size" if mode == "stratified" else "NULL::DOUBLE"
     order = _ORDERS[mode]
     if mode == "risk" or (mode == "stratified" and not filtered):

@@ -138,23 +138,32 @@ class Selection:
         self.check()
         model = resolve_model(con, model)
         t = tradeoff if tradeoff is not None else self.tradeoff(con, model, view)
+        ranked = self.ranked_sql(model, t, queries=queries, query_ids=query_ids, view=view)
+        return f"""
+            SELECT {', '.join(OUTPUT_COLUMNS)} FROM ({ranked})
+            WHERE slot <= {int(self.negatives)}
+            ORDER BY query_id, slot"""
+
+    def ranked_sql(
+        self, model: str, t: Tradeoff, *, queries: str | None = None, query_ids: Sequence[str] | None = None,
+        view: str = "current",
+    ) -> str:
+        """Every candidate the selection may take, numbered per query in its order (``slot``): the export is
+        ``slot <= N``, and the review pool (:mod:`auditor.gain`) reads the rest of the order too."""
         pool = self.keyed_sql(model, t, queries=queries, query_ids=query_ids, view=view)
         where = []
         if self.strategy == "random":
             lo, hi = (int(x) for x in self.random_window)
             where.append(f"rank BETWEEN {lo} AND {hi}")
-        elif self.strategy == "band-mix":
+        elif self.strategy == "band-mix":  # its order reads a per-band position
             pool = f"""SELECT *, row_number() OVER (PARTITION BY query_id, band, eligible
                                                     ORDER BY {uniform_sql(self.seed)}, doc_id) AS band_rn
                        FROM ({pool})"""
         if not self.keep_n:
             where.append("eligible")
         return f"""
-            SELECT {', '.join(OUTPUT_COLUMNS)} FROM (
-                SELECT *, row_number() OVER (PARTITION BY query_id ORDER BY {self._order(t)}) AS slot
-                FROM ({pool}) {"WHERE " + " AND ".join(where) if where else ""}
-            ) WHERE slot <= {int(self.negatives)}
-            ORDER BY query_id, slot"""
+            SELECT *, row_number() OVER (PARTITION BY query_id ORDER BY {self._order(t)}) AS slot
+            FROM ({pool}) {"WHERE " + " AND ".join(where) if where else ""}"""
 
     def keyed_sql(
         self, model: str, t: Tradeoff, *, queries: str | None = None, query_ids: Sequence[str] | None = None,
