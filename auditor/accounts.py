@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import duckdb
 
+from auditor.store import transaction
+
 ROLES = ("annotator", "lead", "admin")
 _RANK = {r: i for i, r in enumerate(ROLES)}
 
@@ -155,14 +157,15 @@ def add_user(
         raise AccountError(f"account {exists[0][0]!r} already exists (names are not case-sensitive)")
     if exists and not replace:
         raise AccountError(f"account {name!r} already exists (use --replace to change it)")
-    if exists:
-        con.execute(
-            "UPDATE users SET role = ?, password_hash = coalesce(?, password_hash), email = coalesce(?, email) "
-            "WHERE name = ?", [role, hashed, email, name])
-        end_sessions(con, name)  # a changed password or role signs the account out everywhere
-    else:
-        con.execute("INSERT INTO users (name, role, password_hash, email) VALUES (?, ?, ?, ?)",
-                    [name, role, hashed, email])
+    with transaction(con):  # a changed password never outlives the sessions it should have ended
+        if exists:
+            con.execute(
+                "UPDATE users SET role = ?, password_hash = coalesce(?, password_hash), email = coalesce(?, email) "
+                "WHERE name = ?", [role, hashed, email, name])
+            end_sessions(con, name)  # a changed password or role signs the account out everywhere
+        else:
+            con.execute("INSERT INTO users (name, role, password_hash, email) VALUES (?, ?, ?, ?)",
+                        [name, role, hashed, email])
     return User(name, role, email)
 
 
@@ -170,9 +173,10 @@ def remove_user(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """Delete an account, its sessions and its leases; its verdicts stay (the audit trail). False when unknown."""
     if not con.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchall():
         return False
-    con.execute("DELETE FROM sessions WHERE name = ?", [name])
-    con.execute("DELETE FROM leases WHERE annotator = ?", [name])
-    con.execute("DELETE FROM users WHERE name = ?", [name])
+    with transaction(con):
+        con.execute("DELETE FROM sessions WHERE name = ?", [name])
+        con.execute("DELETE FROM leases WHERE annotator = ?", [name])
+        con.execute("DELETE FROM users WHERE name = ?", [name])
     return True
 
 

@@ -75,14 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="auditor",
         description="Find, review and clean false negatives in retrieval / embedding training sets.",
-        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--version", action="version", version=f"auditor {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    noise.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress bars and no warnings from libraries: results and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(f"auditor.commands.{name}").register(sub)
+    from auditor.commands.examples import attach
+
+    attach(parser)
     return parser
 
 
@@ -90,8 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.quiet:
+        from auditor.commands import progress
+
+        progress.quiet = True
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        import warnings
+
+        warnings.simplefilter("ignore")
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # `auditor queue | head`: the reader left, which is fine

@@ -61,6 +61,9 @@ class MineConfig:
     ivf_recall_queries: int = 1000
     engine: str = "local"  #: where texts are encoded: "local" (this process) or "ray" (a Ray Data job)
     device: str = "auto"  #: "auto" (cuda when torch sees a GPU), "cpu" or "cuda"
+    #: a training file's per-query prompts: "auto" puts them in front of their queries only for a model that declares
+    #: a query prompt of its own (it expects instructions; the file's prompt replaces its own), "always", or "never"
+    query_prompts: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,10 @@ class ExportConfig:
     negatives: int = 5  #: negatives per query
     strategy: str = "top"  #: top | random | simans | band-mix
     relabel: bool = False  #: confirmed false negatives become positives instead of being dropped
+    #: ntuple (FlagEmbedding) scores: "teacher" writes pos_scores/neg_scores only for queries whose training file gave
+    #: a teacher score for every text (FlagEmbedding softmaxes them for distillation without a temperature, so model
+    #: cosines in [0, 1] carry almost no signal); "model" fills the rest with the model's cosines; "none" never
+    scores: str = "teacher"
     #: how much risk the export may take, relative to the data (auditor.tradeoff): at most this share of the false
     #: negatives that plain top-N mining would export, counted by the risk model. 0.15 was chosen on Cranfield (the
     #: smallest budget, the cleanest, whose export keeps mean s_neg >= 0.50 there) and holds on CACM (README, "Measured").

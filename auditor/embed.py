@@ -8,6 +8,7 @@ does not even load the model (importing sentence-transformers alone costs second
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -69,6 +70,33 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+@functools.lru_cache(maxsize=32)
+def model_query_prompt(name_or_path: str) -> str:
+    """The query prompt a model declares (``prompts["query"]`` in its config_sentence_transformers.json), "" if none.
+
+    A model that declares one was trained with instructions: it expects them, and a training file's own per-query
+    prompt may stand in for it. Read from the file, without loading the model.
+    """
+    path = Path(resolve_model_path(name_or_path))
+    config = path / "config_sentence_transformers.json"
+    if not config.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name_or_path, "config_sentence_transformers.json")
+        except Exception:  # noqa: BLE001 - not a hub id: no declared prompt
+            cached = None
+        if not isinstance(cached, str):
+            return ""
+        config = Path(cached)
+    try:
+        prompts = json.loads(config.read_text(encoding="utf-8")).get("prompts") or {}
+    except (OSError, ValueError, AttributeError):
+        return ""
+    prompt = prompts.get("query", "") if isinstance(prompts, dict) else ""
+    return prompt if isinstance(prompt, str) else ""
+
+
 @functools.lru_cache(maxsize=1)
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto") -> Any:
     """Load a SentenceTransformer once per process; offline only (a name must be a local folder or cached).
@@ -116,10 +144,17 @@ class EmbedResult:
 
 
 def encode(model: Any, texts: list[str], role: str, batch_size: int = MineConfig.batch_size) -> np.ndarray:
-    """L2-normalised float32 vectors, with the model's query/document prompt when it defines one."""
+    """L2-normalised float32 vectors; a document with the model's document prompt when it defines one.
+
+    A query text arrives with its instruction already in front (:func:`auditor.mine.query_text_sql`: the data's
+    prompt, else the model's own query prompt), so the model adds none (``prompt=""``); ``encode_query`` is still
+    used for what else it does (the query route of an asymmetric model).
+    """
     fn = getattr(model, "encode_query" if role == "query" else "encode_document", None) or model.encode
+    extra = {"prompt": ""} if role == "query" else {}
     vecs = fn(
-        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
+        **extra,
     )
     return np.ascontiguousarray(vecs, dtype=np.float32)
 

@@ -9,11 +9,14 @@ rows and writes them:
                lost (a query with 2 positives and 5 negatives gives 10 lines). Lines of a query are adjacent, ordered
                by positive then negative slot.
 ``ntuple``     FlagEmbedding ``{"query", "pos": [...], "neg": [...], "pos_scores": [...], "neg_scores": [...],
-               "prompt"?, "type"?}``: one line per query. Scores are the teacher's where the training file gave one
-               for every text of the query (``qrels.teacher_score``, the ``given`` candidates' ``source_score``), else
-               the model's cosines for all of them (never mixed within a query). ``prompt`` appears when a written
-               query has one (``""`` for the others); ``type`` only if the store's ``queries`` table has such a
-               column (today it has none).
+               "prompt"?, "type"?}``: one line per query. ``pos_scores`` / ``neg_scores`` appear on a query's line
+               only when the training file gave a teacher score for every text of the query (``qrels.teacher_score``,
+               the ``given`` candidates' ``source_score``): FlagEmbedding softmaxes them for distillation without a
+               temperature, so model cosines would carry no signal. ``scores="model"`` writes the model's cosines for
+               the other queries (never mixed within a query), ``scores="none"`` no scores. ``prompt`` appears on the
+               lines of queries that have one and is left out of the others (FlagEmbedding then uses the trainer's
+               instruction; ``""`` would replace it with none); ``type`` likewise, where the store has such a column.
+               In Parquet, a left-out key is a null.
 ``st-ntuple``  sentence-transformers n-tuples ``{"anchor", "positive", "negative_1", ..., "negative_N"}``: one line
                per query with its best positive (highest grade, then labeled before relabeled, then doc id) and
                exactly N negatives; a dataset needs the same columns in every row, so queries short of N are not
@@ -49,7 +52,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -64,9 +67,12 @@ from auditor.sql import lit
 
 FORMATS = ("triplet", "ntuple", "st-ntuple", "rich")
 FILE_TYPES = ("jsonl", "parquet")
+#: ntuple scores (ExportConfig.scores): teacher only, teacher else model cosines, or none
+SCORE_CHOICES = ("teacher", "model", "none")
 STDOUT = "-"
 #: Prefix of the temporary folders of app exports and of exports to standard output.
 TEMP_FOLDER_PREFIX = "auditor-export-"
+_STDOUT_PREFIX = f"{TEMP_FOLDER_PREFIX}stdout-"  #: then the writing process's id
 Progress = Callable[[int, int], None]
 
 #: A text that is empty or only whitespace (exactly the characters of Python's str.isspace): never written.
@@ -117,6 +123,9 @@ class ExportSummary:
     empty_texts_skipped: int = 0  #: blank queries, positives and negatives left out
     queries_without_usable_positive: int = 0  #: queries whose text or every positive is blank: not written
     score_source: dict[str, int] | None = None  #: ntuple / rich: queries scored by "teacher" and by "model"
+    scores: str = ExportConfig.scores  #: ntuple: which scores were written (teacher | model | none)
+    lines_without_scores: int = 0  #: ntuple: lines written without pos_scores / neg_scores
+    lines_without_prompt: int = 0  #: ntuple: lines without a prompt in a file where other lines have one
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,7 +186,7 @@ def file_type_for(out_path: str | Path, file_type: str | None = None) -> str:
 # --- the rows of each layout ---------------------------------------------------------------------------------------
 
 
-def _rows_sql(fmt: str, t: _Tables, negatives: int, extra_columns: str = "") -> str:
+def _rows_sql(fmt: str, t: _Tables, negatives: int, extra_columns: str = "", scores: str = ExportConfig.scores) -> str:
     """The SELECT whose rows are the output lines, over the materialised selection, positives and scores."""
     dtext_p, dtext_n = _doc_text("dp"), _doc_text("dn")
     if fmt == "triplet":
@@ -191,10 +200,15 @@ def _rows_sql(fmt: str, t: _Tables, negatives: int, extra_columns: str = "") -> 
             ORDER BY s.query_id, p.doc_id, s.slot
         """
     if fmt == "ntuple":
+        keep = {"teacher": "pos.score_source = 'teacher'", "model": "true"}.get(scores)
+        score_columns = (f""",
+                   CASE WHEN {keep} THEN pos.pos_scores END AS pos_scores,
+                   CASE WHEN {keep} THEN neg.neg_scores END AS neg_scores""" if keep else "")
         return f"""
             WITH pos AS (
                 SELECT p.query_id, list({dtext_p} ORDER BY {_positive_order('p')}) AS pos,
-                       list(sc.score ORDER BY {_positive_order('p')}) AS pos_scores
+                       list(sc.score ORDER BY {_positive_order('p')}) AS pos_scores,
+                       any_value(sc.score_source) AS score_source
                 FROM {t.pos} p JOIN documents dp ON dp.doc_id = p.doc_id
                 JOIN {t.score} sc ON sc.query_id = p.query_id AND sc.doc_id = p.doc_id AND sc.role = 'pos'
                 GROUP BY p.query_id
@@ -205,7 +219,7 @@ def _rows_sql(fmt: str, t: _Tables, negatives: int, extra_columns: str = "") -> 
                 JOIN {t.score} sc ON sc.query_id = s.query_id AND sc.doc_id = s.doc_id AND sc.role = 'neg'
                 GROUP BY s.query_id
             )
-            SELECT q.text AS query, pos.pos, neg.neg, pos.pos_scores, neg.neg_scores{extra_columns}
+            SELECT q.text AS query, pos.pos, neg.neg{score_columns}{extra_columns}
             FROM neg JOIN pos USING (query_id) JOIN queries q ON q.query_id = neg.query_id
             ORDER BY neg.query_id
         """
@@ -260,10 +274,10 @@ def _rows_sql(fmt: str, t: _Tables, negatives: int, extra_columns: str = "") -> 
 
 
 def _flag_extra_columns(con: duckdb.DuckDBPyConnection, t: _Tables) -> str:
-    """``prompt`` (and ``type``, where the store has it) for the FlagEmbedding layout, only when a query has one.
+    """``prompt`` (and ``type``, where the store has it) for the FlagEmbedding layout, when a written query has one.
 
-    FlagEmbedding uses a row's prompt whenever the column exists, so a query without one gets "" (no instruction),
-    never null (which it would format as the text "None").
+    Null for the others: the JSONL writer leaves the key out of their lines (:func:`_without_nulls`), so FlagEmbedding
+    falls back to the trainer's instruction (``""`` would replace it with none, a null would read as "None").
     """
     out = ""
     has_type = bool(con.execute(
@@ -274,7 +288,7 @@ def _flag_extra_columns(con: duckdb.DuckDBPyConnection, t: _Tables) -> str:
             f"SELECT 1 FROM queries WHERE {column} IS NOT NULL AND query_id IN (SELECT query_id FROM {t.sel}) LIMIT 1"
         ).fetchall()
         if used:
-            out += f", coalesce(q.{column}, '') AS {column}"
+            out += f", nullif(q.{column}, '') AS {column}"
     return out
 
 
@@ -315,6 +329,11 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return removed
 
 
+#: COPY options per written file type; "lines" writes the one text column of each row as a line (JSON built in SQL)
+_COPY_OPTIONS = {"jsonl": "FORMAT json", "parquet": "FORMAT parquet",
+                 "lines": f"FORMAT csv, HEADER false, QUOTE '', ESCAPE '', DELIMITER {lit(chr(1))}"}
+
+
 def copy_atomic(
     con: duckdb.DuckDBPyConnection, select_sql: str, out_path: str | Path, params: dict[str, Any] | None = None,
     file_type: str = "jsonl",
@@ -322,16 +341,17 @@ def copy_atomic(
     """``COPY (select_sql) TO`` a temporary file beside ``out_path``, then rename it over ``out_path``.
 
     On any error or interruption the temporary file is removed and an existing ``out_path`` is left as it was.
+    ``file_type`` "lines" writes a query of one JSON text column (:func:`_without_nulls`) as JSON lines.
     """
     out_path = Path(out_path)
     if not out_path.parent.exists():
         raise StoreError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
-    duckdb_format = {"jsonl": "json", "parquet": "parquet"}[file_type_for(out_path, file_type)]
+    options = _COPY_OPTIONS["lines" if file_type == "lines" else file_type_for(out_path, file_type)]
     remove_stale_temp_files(out_path.parent)
     tmp = temp_path_for(out_path)
     with interrupt_on_signals(con):
         try:
-            con.execute(f"COPY ({select_sql}) TO {lit(str(tmp))} (FORMAT {duckdb_format})", params or {})
+            con.execute(f"COPY ({select_sql}) TO {lit(str(tmp))} ({options})", params or {})
             _finish(tmp, out_path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -367,6 +387,7 @@ def export(
     selection: Selection | None = None,
     *,
     fmt: str = ExportConfig.format,
+    scores: str = ExportConfig.scores,
     file_type: str | None = None,
     relabel: bool = ExportConfig.relabel,
     model: str | None = None,
@@ -385,6 +406,8 @@ def export(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if scores not in SCORE_CHOICES:
+        raise ValueError(f"unknown scores {scores!r}: use one of {', '.join(SCORE_CHOICES)}")
     if settings.get("band_mix") is not None:
         settings["band_mix"] = tuple(sorted(dict(settings["band_mix"]).items()))
     for name in ("random_window",):
@@ -394,7 +417,7 @@ def export(
     selection = replace(selection or Selection(), **settings)
     selection.check()
     file_type = file_type_for(out_path, file_type)
-    kw = dict(fmt=fmt, selection=selection, relabel=relabel, model=model, short_ids_path=short_ids_path,
+    kw = dict(fmt=fmt, scores=scores, selection=selection, relabel=relabel, model=model, short_ids_path=short_ids_path,
               progress=progress)
     with interrupt_on_signals(con):
         if str(out_path) == STDOUT:
@@ -407,15 +430,33 @@ def export(
 
 def _export_to_stdout(con: duckdb.DuckDBPyConnection, **kw: Any) -> ExportSummary:
     """JSONL to standard output, through a private temporary file: a failed export writes nothing."""
-    with tempfile.TemporaryDirectory(prefix=f"{TEMP_FOLDER_PREFIX}stdout-") as folder:
-        tmp = Path(folder) / "export.jsonl"
+    with to_stdout_through_file("export.jsonl") as tmp:
         summary = _export_to_file(con, tmp, "jsonl", **kw)
+    summary.path = STDOUT
+    return summary
+
+
+@contextlib.contextmanager
+def to_stdout_through_file(name: str) -> Iterator[Path]:
+    """A path in a private temporary folder whose file goes to standard output once the block succeeds.
+
+    The folder carries the process id: one left by a killed process is removed by the next such write.
+    """
+    _remove_orphan_stdout_folders()
+    with tempfile.TemporaryDirectory(prefix=f"{_STDOUT_PREFIX}{os.getpid()}-") as folder:
+        tmp = Path(folder) / name
+        yield tmp
         sys.stdout.flush()
         with open(tmp, "rb") as fh:
             shutil.copyfileobj(fh, sys.stdout.buffer, 1 << 20)
         sys.stdout.buffer.flush()
-    summary.path = STDOUT
-    return summary
+
+
+def _remove_orphan_stdout_folders() -> None:
+    for folder in Path(tempfile.gettempdir()).glob(f"{_STDOUT_PREFIX}*"):
+        pid = folder.name[len(_STDOUT_PREFIX):].split("-", 1)[0]
+        if folder.is_dir() and not folder.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _export_to_file(
@@ -424,6 +465,7 @@ def _export_to_file(
     file_type: str,
     *,
     fmt: str,
+    scores: str,
     selection: Selection,
     relabel: bool,
     model: str | None,
@@ -449,7 +491,7 @@ def _export_to_file(
     summary = ExportSummary(
         path=str(out_path), format=fmt, strategy=selection.strategy, negatives_per_query=n, seed=int(selection.seed),
         relabel=bool(relabel), drop_unreviewed_suspicious=bool(selection.drop_unreviewed_suspicious),
-        config=selection.config, model=model, file_type=file_type, rule=selection.rule,
+        config=selection.config, model=model, file_type=file_type, rule=selection.rule, scores=scores,
         fn_budget=selection.fn_budget, target_rate=selection.target_rate, max_risk=selection.max_risk,
         keep_n=bool(selection.keep_n), risk_applied=risk_applied, tradeoff=tradeoff.lam,
     )
@@ -471,7 +513,15 @@ def _export_to_file(
             progress(2, steps)
         extra = _flag_extra_columns(con, t) if fmt == "ntuple" else ""
         params = {"model": model} if fmt == "rich" else None
-        copy_atomic(con, _rows_sql(fmt, t, n, extra), out_path, params, file_type)
+        if fmt == "ntuple" and scores == "teacher" and not summary.score_source["teacher"]:
+            scores = "none"  # no line would carry scores: no score columns (in Parquet too)
+        rows_sql = _rows_sql(fmt, t, n, extra, scores)
+        if fmt == "ntuple":
+            _count_flag_keys(con, rows_sql, summary)
+            if file_type == "jsonl":
+                rows_sql = _without_nulls(con, rows_sql)
+                file_type = "lines"
+        copy_atomic(con, rows_sql, out_path, params, file_type)
         if progress:
             progress(3, steps)
         summary.rows = _count_rows(con, t, fmt, summary)
@@ -654,9 +704,10 @@ def _create_scores(con: duckdb.DuckDBPyConnection, t: _Tables, model: str) -> di
     (``scores`` keeps only min/mean/max over a query's positives), else its ``s_neg`` (a relabeled candidate), else
     the query's ``s_pos_mean`` when the vectors are no longer cached.
     """
-    from auditor.mine import query_hash_sql
+    from auditor.mine import query_hash_sql, query_instruction
 
     m = lit(model)
+    query_key = query_hash_sql("q", query_instruction(con, model))  # the cache key mine embedded the query under
     con.execute(
         f"""
         CREATE TEMP TABLE {t.score} AS
@@ -669,7 +720,7 @@ def _create_scores(con: duckdb.DuckDBPyConnection, t: _Tables, model: str) -> di
             WHERE relevant AND query_id IN (SELECT query_id FROM written) GROUP BY query_id, doc_id),
         query_vectors AS (
             SELECT q.query_id, any_value(e.vector) AS vector FROM queries q
-            JOIN embeddings e ON e.model = {m} AND e.role = 'query' AND e.text_hash = {query_hash_sql('q')}
+            JOIN embeddings e ON e.model = {m} AND e.role = 'query' AND e.text_hash = {query_key}
             WHERE q.query_id IN (SELECT query_id FROM written) GROUP BY q.query_id),
         cosines AS (
             SELECT p.query_id, p.doc_id, max(list_dot_product(qv.vector, e.vector))::DOUBLE AS cosine
@@ -715,6 +766,30 @@ def _create_scores(con: duckdb.DuckDBPyConnection, t: _Tables, model: str) -> di
         f"SELECT score_source, count(DISTINCT query_id) FROM {t.score} GROUP BY score_source"
     ).fetchall())
     return {source: int(counts.get(source, 0)) for source in ("teacher", "model")}
+
+
+def _without_nulls(con: duckdb.DuckDBPyConnection, rows_sql: str) -> str:
+    """``rows_sql`` as one JSON object per row with its null keys left out (a JSON merge patch drops them), in order.
+
+    FlagEmbedding tests ``'prompt' in data``: a key present as null would become the instruction "None".
+    """
+    names = [d[0] for d in con.execute(f"SELECT * FROM ({rows_sql}) LIMIT 0").description]
+    fields = ", ".join(f"{lit(n)}: r.{_ident(n)}" for n in names)
+    return f"SELECT json_merge_patch('{{}}', to_json({{{fields}}}))::VARCHAR AS line FROM ({rows_sql}) r"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _count_flag_keys(con: duckdb.DuckDBPyConnection, rows_sql: str, summary: ExportSummary) -> None:
+    """How many written lines carry no scores, and (when some carry one) no prompt: the summary says so."""
+    names = {d[0] for d in con.execute(f"SELECT * FROM ({rows_sql}) LIMIT 0").description}
+    prompt = "count(*) FILTER (WHERE prompt IS NULL)" if "prompt" in names else "0"
+    no_scores = "count(*) FILTER (WHERE pos_scores IS NULL)" if "pos_scores" in names else "count(*)"
+    without_scores, without_prompt = con.execute(f"SELECT {no_scores}, {prompt} FROM ({rows_sql})").fetchall()[0]
+    summary.lines_without_scores = int(without_scores)
+    summary.lines_without_prompt = int(without_prompt)
 
 
 def _count_rows(con: duckdb.DuckDBPyConnection, t: _Tables, fmt: str, summary: ExportSummary) -> int:

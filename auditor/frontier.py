@@ -25,13 +25,13 @@ def dense_ranking(con: duckdb.DuckDBPyConnection, model: str, depth: int) -> dic
     """
     import faiss
 
-    from auditor.mine import query_hash_sql
+    from auditor.mine import query_hash_sql, query_instruction
 
     doc_ids, D = fetch_matrix(
         con, """SELECT d.doc_id, e.vector FROM documents d JOIN embeddings e ON e.text_hash = d.text_hash
                 AND e.model = $m AND e.role = 'document' ORDER BY d.doc_id""", {"m": model})
     query_ids, Q = fetch_matrix(
-        con, f"""SELECT q.query_id, e.vector FROM queries q JOIN embeddings e ON e.text_hash = {query_hash_sql('q')}
+        con, f"""SELECT q.query_id, e.vector FROM queries q JOIN embeddings e ON e.text_hash = {query_hash_sql('q', query_instruction(con, model))}
                  AND e.model = $m AND e.role = 'query'
                  WHERE q.query_id IN (SELECT query_id FROM qrels WHERE relevant) ORDER BY q.query_id""", {"m": model})
     if not len(doc_ids) or not len(query_ids):

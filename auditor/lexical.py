@@ -56,6 +56,7 @@ def build_index(texts: list[str]) -> LexicalIndex:
     import scipy.sparse as sp
     from bm25s.tokenization import Tokenizer
 
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # the package sets its logger to DEBUG on import
     tokenizer = Tokenizer(stopwords="en")
     ids = tokenizer.tokenize(texts, return_as="ids", show_progress=False)
     retriever = bm25s.BM25()

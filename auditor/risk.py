@@ -236,8 +236,11 @@ def fit(
 
 def _propagate(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig) -> int:
     """Lift the risk of near-duplicates of confirmed false negatives (same query, or near-duplicate queries)."""
+    from auditor.mine import query_instruction
+
+    instruction = query_instruction(con, model)
     parts = [
-        _near_sql(role, threshold)
+        _near_sql(role, threshold, instruction)
         for role, threshold in (("document", cfg.propagate_doc), ("query", cfg.propagate_query))
         if threshold is not None
     ]
@@ -257,7 +260,7 @@ def _propagate(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig) -> i
     return int(lifted[0][0]) if lifted else 0
 
 
-def _near_sql(role: str, threshold: float) -> str:
+def _near_sql(role: str, threshold: float, instruction: str | None) -> str:
     """Candidates whose document (role 'document': same query) or query (role 'query': same document) is within
     ``threshold`` cosine of a confirmed false negative's (rows of ``fn``), with that cosine."""
     from auditor.mine import query_hash_sql
@@ -265,7 +268,7 @@ def _near_sql(role: str, threshold: float) -> str:
     table, key, same = ("documents", "doc_id", "query_id") if role == "document" else ("queries", "query_id", "doc_id")
 
     def cache_key(t: str) -> str:  # the hash a text's vector is cached under (a query's includes its prompt)
-        return f"{t}.text_hash" if role == "document" else query_hash_sql(t)
+        return f"{t}.text_hash" if role == "document" else query_hash_sql(t, instruction)
 
     return f"""
         SELECT r.query_id, r.doc_id, list_cosine_similarity(ef.vector, eo.vector) AS sim

@@ -144,8 +144,9 @@ def import_verdicts(
 
 
 def export_verdicts(con: duckdb.DuckDBPyConnection, out_path: str | Path, *, current_only: bool = False) -> int:
-    """Write verdict events (or current verdicts) as JSONL, atomically; returns the number of lines."""
-    from auditor.export import copy_atomic
+    """Write verdict events (or current verdicts) as JSONL, atomically (``-``: standard output); returns the number
+    of lines."""
+    from auditor.export import STDOUT, copy_atomic, to_stdout_through_file
 
     if current_only:
         sql = """
@@ -161,5 +162,9 @@ def export_verdicts(con: duckdb.DuckDBPyConnection, out_path: str | Path, *, cur
             FROM verdicts ORDER BY event_id
         """
         n = con.execute("SELECT count(*) FROM verdicts").fetchall()[0][0]
-    copy_atomic(con, sql, out_path)
+    if str(out_path) == STDOUT:
+        with to_stdout_through_file("verdicts.jsonl") as tmp:
+            copy_atomic(con, sql, tmp)
+    else:
+        copy_atomic(con, sql, out_path)
     return int(n)

@@ -95,7 +95,7 @@ def test_relabel_adds_false_negatives_to_positives(handbuilt_store, tmp_path):
     out = tmp_path / "n.jsonl"
     s = export_mod.export(con, out, fmt="ntuple", negatives=5, relabel=True)
     rows = {r["query"]: r for r in _lines(out)}
-    assert all(set(r) == {"query", "pos", "neg", "pos_scores", "neg_scores"} for r in rows.values())
+    assert all(set(r) == {"query", "pos", "neg"} for r in rows.values())  # no teacher scores: no scores
     assert rows["question q1?"]["pos"] == [_text("p1"), _text("n1")]  # labeled first, then relabeled
     assert _text("n8") in rows["question q3?"]["pos"]
     assert _text("n1") not in rows["question q1?"]["neg"]
@@ -459,10 +459,15 @@ def test_ntuple_never_mixes_teacher_and_model_scores_in_a_query(msmarco_scored, 
                 "SELECT 'm', ?, ?, 0.99, s_pos_min, s_pos_mean, s_pos_max, 1 "
                 "FROM scores WHERE query_id = ? LIMIT 1", [qid, doc, qid])
     con.execute("INSERT INTO bands VALUES ('default', 'm', ?, ?, 'ambiguous', 'simans', 1)", [qid, doc])
-    out = tmp_path / "flag.jsonl"
-    s = export_mod.export(con, out, fmt="ntuple", negatives=5)
-    assert s.score_source == {"teacher": 9, "model": 1}
     qtext = con.execute("SELECT text FROM queries WHERE query_id = ?", [qid]).fetchall()[0][0]
+    out = tmp_path / "flag.jsonl"
+    s = export_mod.export(con, out, fmt="ntuple", negatives=5)  # default: teacher scores only
+    assert s.score_source == {"teacher": 9, "model": 1} and s.lines_without_scores == 1
+    by_query = {r["query"]: r for r in _lines(out)}
+    assert "pos_scores" not in by_query[qtext] and "neg_scores" not in by_query[qtext]
+    assert all("neg_scores" in r for q, r in by_query.items() if q != qtext)
+    s = export_mod.export(con, out, fmt="ntuple", negatives=5, scores="model")
+    assert s.lines_without_scores == 0
     row = next(r for r in _lines(out) if r["query"] == qtext)
     model = dict(con.execute("SELECT d.text, s.s_neg FROM scores s JOIN documents d USING (doc_id) "
                              "WHERE s.query_id = ?", [qid]).fetchall())
@@ -474,6 +479,43 @@ def test_ntuple_never_mixes_teacher_and_model_scores_in_a_query(msmarco_scored, 
     export_mod.export(con, rich, fmt="rich", negatives=5)
     sources = {r["query_id"]: r["score_source"] for r in _lines(rich)}
     assert sources.pop(qid) == "model" and set(sources.values()) == {"teacher"}
+
+
+def test_ntuple_leaves_out_keys_it_has_no_value_for(msmarco_scored, tmp_path):
+    """FlagEmbedding reads `prompt` whenever the key exists ("" = no instruction, null = the text "None") and
+    softmaxes scores without a temperature: a line without a prompt or teacher scores leaves those keys out."""
+    import pyarrow.parquet as pq
+
+    from auditor.ingest import ingest_path
+
+    con = msmarco_scored
+    hostile = 'a "quoted", \\ back\nslash\x01 café ✓'
+    first, second = (r[0] for r in con.execute("SELECT query_id FROM queries ORDER BY query_id LIMIT 2").fetchall())
+    con.execute("UPDATE queries SET prompt = NULL WHERE query_id = ?", [first])
+    con.execute("UPDATE queries SET prompt = '' WHERE query_id = ?", [second])
+    con.execute("UPDATE queries SET text = ? WHERE query_id = ?", [hostile, first])
+    out = tmp_path / "flag.jsonl"
+    s = export_mod.export(con, out, fmt="ntuple", negatives=3, scores="none")
+    assert s.lines_without_prompt == 2 and s.lines_without_scores == 10
+    raw = out.read_text(encoding="utf-8")
+    assert "None" not in raw and "null" not in raw and '"prompt":""' not in raw.replace(" ", "")
+    rows = _lines(out)
+    assert len(rows) == 10 and all(set(r) <= {"query", "pos", "neg", "prompt"} for r in rows)
+    assert sum("prompt" in r for r in rows) == 8 and any(r["query"] == hostile for r in rows)
+    assert all("prompt" not in r for r in rows if r["query"] == hostile)
+    # the product's own export is a valid input: read back as FlagEmbedding, same queries and prompts
+    from auditor.store import open_store
+
+    back = open_store(tmp_path / "back.duckdb")
+    try:
+        ingest_path(back, out)
+        got = dict(back.execute("SELECT text, prompt FROM queries").fetchall())
+        assert got == {r["query"]: r.get("prompt") for r in rows}
+    finally:
+        back.close()
+    export_mod.export(con, tmp_path / "flag.parquet", fmt="ntuple", negatives=3)
+    table = pq.read_table(tmp_path / "flag.parquet").to_pylist()
+    assert sum(r["prompt"] is None for r in table) == 2 and all(r["pos_scores"] for r in table)
 
 
 def test_ntuple_writes_type_only_when_the_store_has_it(msmarco_scored, tmp_path):
@@ -496,7 +538,7 @@ def test_ntuple_model_scores_are_the_cosines_of_each_text(mined_cranfield_path, 
     con = open_store(copy_store(mined_cranfield_path, tmp_path / "c.duckdb"))
     try:
         out = tmp_path / "flag.jsonl"
-        s = export_mod.export(con, out, fmt="ntuple", negatives=5)
+        s = export_mod.export(con, out, fmt="ntuple", negatives=5, scores="model")
         assert s.score_source == {"teacher": 0, "model": s.queries_written} and s.queries_written == 225
         per_query = {
             text: (mn, mx, dict(zip(docs, negs))) for text, mn, mx, docs, negs in con.execute(

@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import duckdb
+
+
+def existing_store(path: str, read_only: bool = False) -> "duckdb.DuckDBPyConnection":
+    """Open a store that must already exist: only `ingest` and `users add` create one, so a mistyped --db is an
+    error rather than a new, empty store written beside the real one."""
+    from auditor.cli import UserError
+    from auditor.store import open_store
+
+    if not Path(path).exists():
+        raise UserError(f"no store at {path}: create it with `auditor ingest PATH --db {path}`")
+    return open_store(path, read_only=read_only)
 
 
 def opt_float(text: str) -> float | None:

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from auditor.commands.args import opt_float
+from auditor.commands.args import existing_store, opt_float
 from auditor.config import DEFAULT_BAND_CONFIG, ExportConfig
-from auditor.export import FILE_TYPES, FORMATS, ExportSummary
+from auditor.export import FILE_TYPES, FORMATS, SCORE_CHOICES, ExportSummary
 
 if TYPE_CHECKING:
     from auditor.select import Selection
@@ -57,6 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="top: hardest surviving negatives; random: uniform within a rank window; simans: sampled "
                         "by SimANS weight; band-mix: shares per band (default top)")
     p.add_argument("--relabel", action="store_true", help="add confirmed false negatives to the positives")
+    p.add_argument("--scores", choices=list(SCORE_CHOICES), default=_DEFAULTS.scores,
+                   help="ntuple: teacher (default) writes pos_scores/neg_scores only for queries whose training file "
+                        "gave teacher scores; model fills the others with the model's cosines (FlagEmbedding "
+                        "softmaxes them without a temperature: little signal); none writes no scores")
     add_risk_arguments(p)
     p.add_argument("--no-keep-n", dest="keep_n", action="store_false", default=_DEFAULTS.keep_n,
                    help="with --max-risk (or a strategy other than top): let a query fall short of N instead of "
@@ -91,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--negatives", type=int, default=_DEFAULTS.negatives,
                    help="N for the 'queries short of N negatives' figure")
     s.add_argument("--json", action="store_true", help="print the full statistics as JSON")
-    s.add_argument("--out", help="write the statistics JSON to this file")
+    s.add_argument("--out", help="write the statistics JSON to this file (- for standard output, like --json)")
     s.add_argument("--report", help="write the HTML report to this file")
     s.set_defaults(func=run_stats)
 
@@ -133,17 +137,17 @@ def run_export(args: argparse.Namespace) -> int:
     from auditor.cli import UserError
     from auditor.commands.progress import progress_bar
     from auditor.export import STDOUT, export
-    from auditor.store import open_store
 
     if args.negatives < 1:
         raise UserError("--negatives must be at least 1")
-    con = open_store(args.db)
+    con = existing_store(args.db)
     try:
         with progress_bar("export", disable=args.json, unit="step") as progress:
             try:
                 summary = export(
                     con, args.out, selection_from_args(args), fmt=args.format, file_type=args.file_type,
-                    relabel=args.relabel, model=args.model, short_ids_path=args.short_ids, progress=progress,
+                    relabel=args.relabel, model=args.model, scores=args.scores, short_ids_path=args.short_ids,
+                    progress=progress,
                 )
             except ValueError as exc:
                 raise UserError(str(exc)) from None
@@ -190,9 +194,22 @@ def _summary_lines(s: ExportSummary) -> list[str]:
         lines.append(f"cleaning: {s.rule}{skipped}{kept}")
         if s.estimate:
             lines.append(s.estimate["message"])
-    if s.score_source:
+    if s.score_source and s.format == "ntuple":
+        written = {"teacher": f"teacher scores on {s.score_source['teacher']:,} lines",
+                   "model": f"teacher scores on {s.score_source['teacher']:,} lines, model cosines on "
+                            f"{s.score_source['model']:,}",
+                   "none": "no scores (--scores none)"}[s.scores]
+        if s.scores == "teacher" and s.lines_without_scores:
+            written += (f"; {s.lines_without_scores:,} lines without scores (no teacher score in the training file; "
+                        "--scores model writes model cosines)")
+        lines.append(f"scores: {written}")
+    elif s.score_source:
         lines.append(f"scores: teacher for {s.score_source['teacher']:,} queries, model cosine for "
                      f"{s.score_source['model']:,}")
+    if s.lines_without_prompt:
+        lines.append(f"prompt: {s.lines_without_prompt:,} lines have no prompt and leave the key out (FlagEmbedding "
+                     "gives them the trainer's --query_instruction_for_retrieval; a loader that reads all lines into "
+                     "one table may give them a null prompt instead)")
     if s.empty_texts_skipped or s.queries_without_usable_positive:
         lines.append(f"blank texts left out: {s.empty_texts_skipped:,}; queries without a usable positive (not "
                      f"written): {s.queries_without_usable_positive:,}")
@@ -209,21 +226,20 @@ def _summary_lines(s: ExportSummary) -> list[str]:
 
 def run_stats(args: argparse.Namespace) -> int:
     from auditor.stats import compute_stats
-    from auditor.store import open_store
 
-    con = open_store(args.db, read_only=True)
+    con = existing_store(args.db, read_only=True)
     try:
         _require_known_band_config(con, args.band_config)
         stats = compute_stats(con, model=args.model, config=args.band_config, negatives=args.negatives)
     finally:
         con.close()
-    if args.out:
+    if args.out and args.out != "-":
         _write_json(stats, args.out)
     if args.report:
         from auditor.report import write_report
 
         write_report(stats, args.report)
-    if args.json:
+    if args.json or args.out == "-":
         json.dump(stats, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from auditor.commands.args import opt_float
+from auditor.commands.args import existing_store, opt_float
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "to another store). Written atomically.",
     )
     exp.add_argument("--db", required=True, help="store file")
-    exp.add_argument("--out", required=True, help="output file (JSONL)")
+    exp.add_argument("--out", required=True, help="output file (JSONL), or - for standard output")
     exp.add_argument("--current", action="store_true", help="only each annotator's current verdict per item")
     exp.set_defaults(func=run_export)
 
@@ -110,7 +110,6 @@ def _selection(con, args: argparse.Namespace):
 def run_queue(args: argparse.Namespace) -> int:
     from auditor.cli import UserError
     from auditor.review import build_queue, item_context
-    from auditor.store import open_store
 
     if args.limit < 0:
         raise UserError("--limit must be 0 (all) or more")
@@ -121,7 +120,7 @@ def run_queue(args: argparse.Namespace) -> int:
     if args.lease_minutes <= 0:
         raise UserError("--lease-minutes must be more than 0")
     writes = args.claim or args.release
-    con = open_store(args.db, read_only=not writes)
+    con = existing_store(args.db, read_only=not writes)
     try:
         if args.release:
             from auditor.queue import release
@@ -187,10 +186,9 @@ def _records(df) -> list[dict]:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from auditor.store import open_store
     from auditor.verdicts_io import import_verdicts
 
-    con = open_store(args.db)
+    con = existing_store(args.db)
     try:
         summary = import_verdicts(con, args.file, annotator=args.annotator, config=args.band_config or "default")
         fit = _refit(con) if summary.written else None
@@ -226,13 +224,15 @@ def _fit_line(fit) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from auditor.store import open_store
+    from auditor.export import STDOUT
     from auditor.verdicts_io import export_verdicts
 
-    con = open_store(args.db, read_only=True)
+    con = existing_store(args.db, read_only=True)
     try:
         n = export_verdicts(con, args.out, current_only=args.current)
     finally:
         con.close()
-    print(f"wrote {n} {'current verdicts' if args.current else 'verdict events'} to {args.out}")
+    where = "standard output" if args.out == STDOUT else args.out
+    print(f"wrote {n} {'current verdicts' if args.current else 'verdict events'} to {where}",
+          file=sys.stderr if args.out == STDOUT else sys.stdout)
     return 0

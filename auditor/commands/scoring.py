@@ -8,25 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict, replace
-from pathlib import Path
 
+from auditor.commands.args import existing_store as _store
 from auditor.commands.args import opt_float, opt_int
-
-
-def _store(path: str, read_only: bool = False):
-    from auditor.cli import UserError
-    from auditor.store import open_store
-
-    if not Path(path).exists():
-        raise UserError(f"no store at {path}: create it with `auditor ingest PATH --db {path}`")
-    return open_store(path, read_only=read_only)
 
 
 class _Bars:
     """tqdm bars per stage, for mine's stage_progress callback."""
 
-    def __init__(self) -> None:
+    def __init__(self, disable: bool = False) -> None:
         self.bars: dict = {}
+        self.disable = disable
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         from tqdm import tqdm
@@ -34,7 +26,7 @@ class _Bars:
         bar = self.bars.get(stage)
         if bar is None:
             bar = self.bars[stage] = tqdm(total=total, desc=f"{stage:>9}", unit="text" if stage in
-                                         ("documents", "queries") else "query", leave=True)
+                                         ("documents", "queries") else "query", leave=True, disable=self.disable)
         bar.total = total
         bar.n = done
         bar.refresh()
@@ -53,17 +45,27 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from auditor.config import RayConfig
 
     cfg = replace(MineConfig(), batch_size=args.batch_size, index=args.index, ivf_nlist=args.nlist,
-                  ivf_nprobe=args.nprobe, engine=args.engine, device=args.device)
+                  ivf_nprobe=args.nprobe, engine=args.engine, device=args.device, query_prompts=args.query_prompts)
     ray_cfg = replace(RayConfig(), address=args.ray_address, actors=args.ray_actors)
     from auditor.signals import interrupt_on_signals
 
-    bars = _Bars()
+    from auditor.commands import progress
+
+    bars = _Bars(disable=progress.quiet)
     try:
         with interrupt_on_signals(con):  # Ctrl-C or SIGTERM: the transaction rolls back, the store stays as it was
             s = mine(con, model_name=args.model, depth=args.depth, source=args.source, index=args.index,
                      stage_progress=bars, config=cfg, band_config=args.config, ray_config=ray_cfg)
     finally:
         bars.close()
+    if args.cross_encoder:
+        n = cross_encode(con, args.cross_encoder, model=s.model, config=args.config)
+        from auditor.bands import band_counts
+
+        s.bands = {b: sum(r.values()) for b, r in band_counts(con, args.config, s.model).items()}
+    if args.json:
+        print(json.dumps({**asdict(s), "cross_encoded": n if args.cross_encoder else None}, indent=1, default=str))
+        return 0
     print(f"model {s.model}, source {s.source}, depth {s.depth}")
     print(f"queries searched {s.queries}, skipped without a positive {s.queries_without_positive}")
     print(f"encoded {s.embedded_documents} documents and {s.embedded_queries} queries (the rest were cached)")
@@ -72,11 +74,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
         print(f"index ivf: nlist {s.nlist}, nprobe {s.nprobe}, recall@{s.depth}+positives {s.recall:.4f} against "
               f"exact search on {min(s.queries, cfg.ivf_recall_queries)} sampled queries")
     if args.cross_encoder:
-        n = cross_encode(con, args.cross_encoder, model=s.model, config=args.config)
         print(f"cross-encoder rescored {n} suspicious/ambiguous candidates")
-        from auditor.bands import band_counts
-
-        s.bands = {b: sum(r.values()) for b, r in band_counts(con, args.config, s.model).items()}
     print("bands (" + args.config + "): " + ", ".join(f"{b} {n}" for b, n in s.bands.items()))
     print(f"took {s.seconds.get('total', 0):.1f} s")
     return 0
@@ -221,9 +219,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=MineConfig.device,
                    help="where the model runs (default auto: cuda when torch sees a GPU)")
     p.add_argument("--batch-size", type=int, default=MineConfig.batch_size, help="texts per encoder batch")
+    p.add_argument("--query-prompts", choices=["auto", "always", "never"], default=MineConfig.query_prompts,
+                   help="the training file's per-query prompts: auto (default) puts them in front of their queries "
+                        "only for a model that declares a query prompt of its own (it expects instructions; the "
+                        "file's prompt replaces its own); always; never")
     p.add_argument("--config", default=DEFAULT_BAND_CONFIG, help="band configuration to assign after scoring")
     p.add_argument("--cross-encoder", metavar="PATH", default=None,
                    help="local CrossEncoder folder: rescore suspicious and ambiguous candidates as a second opinion")
+    p.add_argument("--json", action="store_true", help="print the mining summary as JSON")
     p.set_defaults(func=cmd_mine)
 
     p = subparsers.add_parser(

@@ -96,9 +96,9 @@ def run_list(args: argparse.Namespace) -> int:
 def run_remove(args: argparse.Namespace) -> int:
     from auditor import accounts
     from auditor.cli import UserError
-    from auditor.store import open_store
+    from auditor.commands.args import existing_store
 
-    con = open_store(args.db)
+    con = existing_store(args.db)
     try:
         removed = accounts.remove_user(con, args.name)
     finally:
