@@ -63,7 +63,8 @@ from auditor.config import ExportConfig
 from auditor.select import Selection
 from auditor.signals import interrupt_on_signals
 from auditor.store import StoreError
-from auditor.sql import lit
+from auditor.ingest.rules import BLANK_RE
+from auditor.sql import lit, query_ids_sql
 
 FORMATS = ("triplet", "ntuple", "st-ntuple", "rich")
 FILE_TYPES = ("jsonl", "parquet")
@@ -75,8 +76,9 @@ TEMP_FOLDER_PREFIX = "auditor-export-"
 _STDOUT_PREFIX = f"{TEMP_FOLDER_PREFIX}stdout-"  #: then the writing process's id
 Progress = Callable[[int, int], None]
 
-#: A text that is empty or only whitespace (exactly the characters of Python's str.isspace): never written.
-_BLANK_PATTERN = r"'[\s\p{Z}\x{0b}\x{1c}-\x{1f}\x{85}]*'"
+#: A text made only of blank characters: never written. Ingest's own rule (auditor.ingest.limits.BLANK_CHARS), so an
+#: export never holds a text its ingest would refuse.
+_BLANK_PATTERN = lit(BLANK_RE)
 #: Order of a query's positives: highest grade first, labeled before relabeled, then doc id.
 _POSITIVE_ORDER = "grade DESC NULLS LAST, origin, doc_id"
 #: Name of a temporary file written by temp_path_for: .<name>.<pid>-<8 hex digits>.tmp
@@ -123,6 +125,8 @@ class ExportSummary:
     empty_texts_skipped: int = 0  #: blank queries, positives and negatives left out
     queries_without_usable_positive: int = 0  #: queries whose text or every positive is blank: not written
     score_source: dict[str, int] | None = None  #: ntuple / rich: queries scored by "teacher" and by "model"
+    #: queries left out because their line would be larger than ingest takes (auditor.ingest.limits.MAX_RECORD_BYTES)
+    oversized_query_ids: list[str] = field(default_factory=list)
     scores: str = ExportConfig.scores  #: ntuple: which scores were written (teacher | model | none)
     lines_without_scores: int = 0  #: ntuple: lines written without pos_scores / neg_scores
     lines_without_prompt: int = 0  #: ntuple: lines without a prompt in a file where other lines have one
@@ -506,6 +510,8 @@ def _export_to_file(
         _count_risk(con, t, summary)
         if fmt == "st-ntuple":
             _keep_full_rows(con, t, n)
+        if fmt != "rich":
+            _leave_out_oversized(con, t, fmt, summary)
         _count_written(con, t, summary)
         if fmt in ("ntuple", "rich"):
             summary.score_source = _create_scores(con, t, model)
@@ -678,6 +684,44 @@ def _keep_full_rows(con: duckdb.DuckDBPyConnection, t: _Tables, n: int) -> None:
                     QUALIFY row_number() OVER (PARTITION BY query_id ORDER BY {_POSITIVE_ORDER}) = 1""")
     con.execute(f"DROP TABLE {t.pos}")
     con.execute(f"ALTER TABLE {t.raw} RENAME TO {t.pos}")
+
+
+def _leave_out_oversized(con: duckdb.DuckDBPyConnection, t: _Tables, fmt: str, summary: ExportSummary) -> None:
+    """Leave out the queries whose line would be larger than ingest takes (limits.MAX_RECORD_BYTES), so an export
+    always ingests back: an n-tuple line holds all of a query's texts, a triplet line one of each.
+
+    A cheap bound first (raw bytes, at most 6 bytes of JSON per byte of text), the exact JSON size only for the
+    queries near the limit: a normal export pays one scan of lengths.
+    """
+    from auditor.ingest import limits
+
+    limit = int(limits.MAX_RECORD_BYTES)
+    agg = "max" if fmt == "triplet" else "sum"
+
+    def line_bytes(size, only: str = "") -> str:  # bytes of each query's line, by ``size(text expression)``
+        return f"""
+            SELECT q.query_id, {size('q.text')} + coalesce(p.b, 0) + coalesce(n.b, 0) AS bytes FROM queries q
+            JOIN (SELECT x.query_id, {agg}({size(_doc_text('d'))} + 8) AS b
+                  FROM {t.pos} x JOIN documents d USING (doc_id) WHERE NOT x.doc_blank AND NOT x.query_blank {only}
+                  GROUP BY x.query_id) p USING (query_id)
+            JOIN (SELECT x.query_id, {agg}({size(_doc_text('d'))} + 8) AS b
+                  FROM {t.sel} x JOIN documents d USING (doc_id) WHERE true {only}
+                  GROUP BY x.query_id) n USING (query_id)
+        """
+
+    near = [r[0] for r in con.execute(
+        f"SELECT query_id FROM ({line_bytes(lambda e: f'strlen({e})')}) WHERE bytes * 6 + 64 > {limit}"
+    ).fetchall()]
+    if not near:
+        return
+    only = f"AND x.{query_ids_sql(near)}"
+    over = [r[0] for r in con.execute(
+        f"SELECT query_id FROM ({line_bytes(lambda e: f'strlen(to_json({e})::VARCHAR)', only)}) "
+        f"WHERE bytes + 64 > {limit} ORDER BY query_id"
+    ).fetchall()]
+    if over:
+        con.execute(f"DELETE FROM {t.sel} WHERE query_id IN (SELECT unnest(?::VARCHAR[]))", [over])
+        summary.oversized_query_ids = over
 
 
 def _count_written(con: duckdb.DuckDBPyConnection, t: _Tables, summary: ExportSummary) -> None:

@@ -9,7 +9,7 @@ of "review" as one thing.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import duckdb
@@ -71,8 +71,12 @@ def record_verdict(
 def record_verdicts(
     con: duckdb.DuckDBPyConnection, rows: Iterable[dict[str, Any]], origin: str = "import",
     *, config: str = DEFAULT_BAND_CONFIG, model: str | None = None,
+    then: Callable[[duckdb.DuckDBPyConnection], Any] | None = None,
 ) -> int:
     """Append many verdict events in one transaction (all or nothing); returns how many were written.
+
+    ``then(con)`` runs inside that transaction after the insert (a refit of the risk on the new verdicts): a kill
+    or an error in it leaves neither the verdicts nor a half-done refit.
 
     Each row needs query_id, doc_id, verdict, annotator (note, band, queue_mode, sampling_prob optional). Unknown
     query or document ids are rejected. A missing band is filled from the current bands of (config, model).
@@ -133,6 +137,8 @@ def record_verdicts(
             )
         finally:
             con.unregister("_incoming_verdicts")
+        if then is not None:
+            then(con)
     return len(records)
 
 

@@ -99,8 +99,10 @@ def import_verdicts(
     origin: str = "import",
     config: str = DEFAULT_BAND_CONFIG,
     model: str | None = None,
+    then: Callable[[duckdb.DuckDBPyConnection], Any] | None = None,
 ) -> ImportSummary:
-    """Check a verdict file completely, then append all its verdicts in one transaction (or none)."""
+    """Check a verdict file completely, then append all its verdicts in one transaction (or none); ``then(con)``
+    runs in that transaction (see :func:`auditor.review.record_verdicts`)."""
     path = Path(path)
     rows = read_verdict_file(path, annotator=annotator)
     frame = pd.DataFrame(rows)[["line", "query_id", "doc_id", "verdict", "annotator", "note"]].astype("object")
@@ -135,7 +137,7 @@ def import_verdicts(
         field_name, value = ("query_id", q) if bad_query else ("doc_id", d)
         raise _problem(path, int(line), f"field {field_name!r}: unknown id {value!r} (not in this store)")
     fresh = [r for r in rows if r["line"] not in unchanged]
-    written = record_verdicts(con, fresh, origin=origin, config=config, model=model)
+    written = record_verdicts(con, fresh, origin=origin, config=config, model=model, then=then)
     summary = ImportSummary(path=str(path), written=written, unchanged=len(rows) - len(fresh))
     for r in rows:
         summary.per_verdict[r["verdict"]] = summary.per_verdict.get(r["verdict"], 0) + 1

@@ -174,3 +174,27 @@ def test_export_to_stdout_sweeps_folders_of_killed_exports(hand_db, tmp_path, mo
     assert len(capsys.readouterr().out.splitlines()) > 0
     assert not stale.exists() and live.exists()
     assert [p.name for p in tmp_path.glob(f"{TEMP_FOLDER_PREFIX}*")] == [live.name]
+
+
+def test_verdicts_import_and_its_refit_land_together(hand_db, tmp_path, monkeypatch):
+    """A killed or failing refit leaves no imported verdicts behind a risk fitted on older ones."""
+    import duckdb
+
+    from auditor import risk
+
+    answers = _verdict_file(tmp_path)
+    real_fit = risk.fit
+
+    def dies(*_a, **_k):
+        raise KeyboardInterrupt  # what Ctrl-C or SIGTERM (turned into it) does in the middle of the refit
+
+    monkeypatch.setattr(risk, "fit", dies)
+    assert cli.main(["verdicts", "import", str(answers), "--db", hand_db]) == cli.EXIT_INTERRUPTED
+    with duckdb.connect(hand_db, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM verdicts").fetchall()[0][0] == 0
+    monkeypatch.setattr(risk, "fit", real_fit)
+    assert cli.main(["verdicts", "import", str(answers), "--db", hand_db]) == 0
+    with duckdb.connect(hand_db, read_only=True) as con:
+        events = con.execute("SELECT max(event_id) FROM verdicts").fetchall()[0][0]
+        fitted = con.execute("SELECT max(last_event_id) FROM risk_fits").fetchall()[0][0]
+        assert events is not None and fitted == events

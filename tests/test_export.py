@@ -578,3 +578,56 @@ def test_st_ntuple_has_n_negative_columns_and_only_full_rows(handbuilt_store, tm
     assert wide.rows == 3
     assert [list(r) for r in _parquet_rows(tmp_path / "w.parquet")] == [
         ["anchor", "positive", "negative_1", "negative_2"]] * 3
+
+
+@pytest.mark.parametrize("fmt", ["triplet", "ntuple", "st-ntuple"])
+def test_an_export_never_holds_a_text_its_ingest_refuses(handbuilt_store, tmp_path, fmt):
+    """Texts of only invisible characters (zero-width space, BOM, word joiner) are blank to ingest: the export leaves
+    them out like whitespace, so its own output ingests back."""
+    from auditor.ingest import ingest_path
+    from auditor.store import open_store
+
+    con = handbuilt_store
+    invisible = {"n2": "\u200b\u200b", "n3": "\ufeff \u2060", "n6": "\u180e"}
+    for doc_id, text in invisible.items():
+        con.execute("UPDATE documents SET title = NULL, text = ? WHERE doc_id = ?", [text, doc_id])
+    out = tmp_path / f"{fmt}.jsonl"
+    s = export_mod.export(con, out, fmt=fmt, negatives=2, drop_unreviewed_suspicious=False)
+    assert s.empty_texts_skipped >= 1
+    raw = out.read_text(encoding="utf-8")
+    assert not any(ch in raw for ch in "\u200b\ufeff\u2060\u180e")
+    back = open_store(tmp_path / "back.duckdb")
+    try:
+        ingest_path(back, out)
+    finally:
+        back.close()
+
+
+@pytest.mark.parametrize("fmt", ["ntuple", "triplet"])
+def test_a_query_whose_line_would_be_too_large_to_ingest_is_left_out(handbuilt_store, tmp_path, fmt):
+    """Three negatives of 6 MiB each make an 18 MiB n-tuple line (ingest takes 16 MiB): that query is left out and
+    named, so the export ingests back; a triplet line holds one negative, so it stays within the limit."""
+    from auditor.ingest import ingest_path
+    from auditor.ingest.limits import MAX_RECORD_BYTES
+    from auditor.store import open_store
+
+    con = handbuilt_store
+    big = MAX_RECORD_BYTES * 3 // 8
+    negatives = [r[0] for r in con.execute(
+        "SELECT doc_id FROM candidates WHERE query_id = 'q2' ORDER BY source_rank LIMIT 3").fetchall()]
+    for i, doc_id in enumerate(negatives):
+        con.execute("UPDATE documents SET title = NULL, text = ? WHERE doc_id = ?", [f"{i} " + "é" * (big // 2),
+                                                                                     doc_id])
+    out = tmp_path / f"{fmt}.jsonl"
+    s = export_mod.export(con, out, fmt=fmt, negatives=3, drop_unreviewed_suspicious=False)
+    if fmt == "ntuple":
+        assert s.oversized_query_ids == ["q2"]
+        assert "question q2?" not in {r["query"] for r in _lines(out)}
+    else:
+        assert s.oversized_query_ids == []
+    assert max(len(line.encode()) for line in out.read_text(encoding="utf-8").splitlines()) < MAX_RECORD_BYTES
+    back = open_store(tmp_path / "back.duckdb")
+    try:
+        ingest_path(back, out)
+    finally:
+        back.close()

@@ -213,6 +213,10 @@ def _summary_lines(s: ExportSummary) -> list[str]:
     if s.empty_texts_skipped or s.queries_without_usable_positive:
         lines.append(f"blank texts left out: {s.empty_texts_skipped:,}; queries without a usable positive (not "
                      f"written): {s.queries_without_usable_positive:,}")
+    if s.oversized_query_ids:
+        ids = ", ".join(s.oversized_query_ids[:10]) + (" ..." if len(s.oversized_query_ids) > 10 else "")
+        lines.append(f"{len(s.oversized_query_ids):,} queries left out: their line would be larger than ingest takes "
+                     f"(16 MiB; fewer --negatives, or --format triplet, keeps them): {ids}")
     if s.short_queries:
         ids = ", ".join(s.short_query_ids[:10]) + (" ..." if s.short_queries > 10 else "")
         not_written = ("none of them was written: every st-ntuple row needs N negatives" if s.format == "st-ntuple"

@@ -188,10 +188,15 @@ def _records(df) -> list[dict]:
 def run_import(args: argparse.Namespace) -> int:
     from auditor.verdicts_io import import_verdicts
 
+    from auditor.signals import interrupt_on_signals
+
     con = existing_store(args.db)
+    fits = []
     try:
-        summary = import_verdicts(con, args.file, annotator=args.annotator, config=args.band_config or "default")
-        fit = _refit(con) if summary.written else None
+        with interrupt_on_signals(con):  # Ctrl-C or SIGTERM: verdicts and refit roll back together
+            summary = import_verdicts(con, args.file, annotator=args.annotator,
+                                      config=args.band_config or "default", then=lambda c: fits.append(_refit(c)))
+        fit = fits[0] if fits else None
     finally:
         con.close()
     if args.json:
@@ -207,12 +212,13 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def _refit(con):
-    """Refit the false-negative risk of the latest scored model on the verdicts now in force (None if unscored)."""
+    """Refit the false-negative risk of the latest scored model on the verdicts now in force (None if unscored),
+    inside the caller's transaction: the import and its refit land together or not at all."""
     from auditor.bands import latest_model
     from auditor.risk import fit
 
     model = latest_model(con)
-    return fit(con, model) if model else None
+    return fit(con, model, in_transaction=True) if model else None
 
 
 def _fit_line(fit) -> str:
