@@ -152,11 +152,26 @@ def encode(model: Any, texts: list[str], role: str, batch_size: int = MineConfig
     """
     fn = getattr(model, "encode_query" if role == "query" else "encode_document", None) or model.encode
     extra = {"prompt": ""} if role == "query" else {}
+    limit = clip_chars(model)
+    texts = [t if len(t) <= limit else t[:limit] for t in texts]
     vecs = fn(
         texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
         **extra,
     )
     return np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+#: Characters kept per token the model reads: a text is cut to max_seq_length * this before tokenising. The model
+#: sees only its first max_seq_length tokens anyway, and a WordPiece or BPE token is far shorter than 64 characters
+#: (WordPiece maps a longer word to one unknown token), so the vector is the same; a 15 MiB passage no longer costs
+#: gigabytes of token ids that truncation throws away.
+CHARS_PER_TOKEN_BOUND = 64
+
+
+def clip_chars(model: Any) -> int:
+    """The longest text worth tokenising for ``model`` (see CHARS_PER_TOKEN_BOUND)."""
+    seq = getattr(model, "max_seq_length", None) or 512
+    return int(seq) * CHARS_PER_TOKEN_BOUND
 
 
 def _vectors_to_arrow(vecs: np.ndarray) -> pa.Array:

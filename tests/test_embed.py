@@ -67,3 +67,31 @@ def test_cached_vectors_equal_fresh_encoding(store):
     _, stored = fetch_matrix(store, "SELECT text_hash, vector FROM embeddings")
     fresh = encode(load_model(DEFAULT_MODEL), ["what similarity laws apply to aeroelastic models"], "query")
     assert np.allclose(stored, fresh, atol=1e-6)
+
+
+def test_a_huge_passage_is_cut_before_tokenising_with_the_same_vector():
+    """A 15 MiB passage: the tokenizer gets only what the model can read (its vector does not change), not 15 MiB
+    of text whose token ids cost gigabytes before truncation throws them away."""
+    import numpy as np
+
+    from auditor.embed import clip_chars, encode, load_model
+
+    model = load_model()
+    words = "the boundary layer on a flat plate separates under an adverse pressure gradient ".split()
+    huge = " ".join(words[i % len(words)] for i in range(2_500_000))  # ~15 MiB
+    assert len(huge.encode()) > 14 * 2**20
+    seen = []
+    preprocess = model.preprocess  # where sentence-transformers hands texts to the tokenizer
+
+    def spy(inputs, *a, **k):
+        seen.extend(len(t) for t in inputs if isinstance(t, str))
+        return preprocess(inputs, *a, **k)
+
+    model.preprocess = spy
+    try:
+        vec = encode(model, [huge], "document")[0]
+    finally:
+        del model.preprocess
+    assert seen and max(seen) <= clip_chars(model) + 100
+    head = " ".join(huge.split()[: model.max_seq_length * 2])  # far more than the model reads
+    assert float(np.dot(vec, encode(model, [head], "document")[0])) == pytest.approx(1.0, abs=1e-5)
