@@ -141,10 +141,26 @@ def run_app(args: argparse.Namespace) -> int:
     return _run_forwarding_signals(cmd, env, cwd=script.parent)
 
 
+def _stop_with_parent(parent: int):
+    """For the child, before it runs Streamlit: ask Linux to send it SIGTERM when this process dies, even by
+    ``kill -9`` (which no handler sees), so Streamlit never outlives `auditor app` holding the store."""
+
+    def arm() -> None:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return arm
+
+
 def _run_forwarding_signals(cmd: list[str], env: dict[str, str], cwd: Path) -> int:
     """Run Streamlit as a child in its own session; SIGTERM and SIGINT sent to this process go on to it, and this
     process waits until it has stopped (a killed `auditor app` must not leave Streamlit serving the store)."""
-    proc = subprocess.Popen(cmd, env=env, cwd=str(cwd), start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=str(cwd), start_new_session=True,
+                            preexec_fn=_stop_with_parent(os.getpid()) if sys.platform.startswith("linux") else None)
 
     def forward(signum, _frame):
         if proc.poll() is None:
