@@ -240,3 +240,15 @@ def test_kill_9_of_auditor_app_stops_streamlit_and_frees_the_store(handbuilt_sto
             proc.kill()
         if child and _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_the_python_api_example_in_readme_runs(tmp_path, monkeypatch):
+    """README's "Python API" block, run as written against the shipped MS MARCO sample."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("### Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "data").symlink_to(ROOT / "data")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    exec(compile(block, "README.md (Python API)", "exec"), {})
+    lines = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert len(lines) == 10 and all(len(r["neg"]) == 5 and r["pos"] for r in lines)
