@@ -160,7 +160,7 @@ class _Tables:
 
 
 def _doc_text(t: str) -> str:
-    from auditor.mine import doc_text_sql
+    from auditor.texts import doc_text_sql
 
     return doc_text_sql(t)
 
@@ -748,7 +748,7 @@ def _create_scores(con: duckdb.DuckDBPyConnection, t: _Tables, model: str) -> di
     (``scores`` keeps only min/mean/max over a query's positives), else its ``s_neg`` (a relabeled candidate), else
     the query's ``s_pos_mean`` when the vectors are no longer cached.
     """
-    from auditor.mine import query_hash_sql, query_instruction
+    from auditor.texts import query_hash_sql, query_instruction
 
     m = lit(model)
     query_key = query_hash_sql("q", query_instruction(con, model))  # the cache key mine embedded the query under

@@ -25,7 +25,7 @@ def dense_ranking(con: duckdb.DuckDBPyConnection, model: str, depth: int) -> dic
     """
     import faiss
 
-    from auditor.mine import query_hash_sql, query_instruction
+    from auditor.texts import query_hash_sql, query_instruction
 
     doc_ids, D = fetch_matrix(
         con, """SELECT d.doc_id, e.vector FROM documents d JOIN embeddings e ON e.text_hash = d.text_hash

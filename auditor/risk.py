@@ -236,7 +236,7 @@ def fit(
 
 def _propagate(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig) -> int:
     """Lift the risk of near-duplicates of confirmed false negatives (same query, or near-duplicate queries)."""
-    from auditor.mine import query_instruction
+    from auditor.texts import query_instruction
 
     instruction = query_instruction(con, model)
     parts = [
@@ -263,7 +263,7 @@ def _propagate(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig) -> i
 def _near_sql(role: str, threshold: float, instruction: str | None) -> str:
     """Candidates whose document (role 'document': same query) or query (role 'query': same document) is within
     ``threshold`` cosine of a confirmed false negative's (rows of ``fn``), with that cosine."""
-    from auditor.mine import query_hash_sql
+    from auditor.texts import query_hash_sql
 
     table, key, same = ("documents", "doc_id", "query_id") if role == "document" else ("queries", "query_id", "doc_id")
 

@@ -48,7 +48,7 @@ def auditor(*args: str) -> str:
 
 def read_export(path: Path, db: Path) -> list[tuple[str, str]]:
     """(query_id, doc_id) of every negative in an ntuple export, mapped back from texts as an outside judge would."""
-    from auditor.mine import doc_text_sql
+    from auditor.texts import doc_text_sql
     from auditor.store import open_store
 
     con = open_store(db, read_only=True)

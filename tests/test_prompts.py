@@ -29,7 +29,7 @@ def prompted_file(tmp_path) -> Path:
 
 
 def _query_vectors(con, model: str) -> dict[str, np.ndarray]:
-    from auditor.mine import query_hash_sql, query_instruction
+    from auditor.texts import query_hash_sql, query_instruction
 
     rows = con.execute(
         f"""SELECT q.text, e.vector FROM queries q JOIN embeddings e ON e.model = ? AND e.role = 'query'
@@ -55,7 +55,8 @@ def _instructed_model(tmp_path: Path) -> Path:
 def test_a_model_without_instructions_embeds_queries_as_they_are(store, prompted_file):
     from auditor.embed import encode, load_model
     from auditor.ingest import ingest_path
-    from auditor.mine import mine, query_instruction
+    from auditor.mine import mine
+    from auditor.texts import query_instruction
 
     ingest_path(store, prompted_file)
     summary = mine(store, depth=2)
@@ -77,7 +78,8 @@ def test_a_model_without_instructions_embeds_queries_as_they_are(store, prompted
 def test_a_model_with_instructions_takes_the_files_prompt_in_place_of_its_own(store, prompted_file, tmp_path):
     from auditor.embed import load_model, model_query_prompt
     from auditor.ingest import ingest_path
-    from auditor.mine import mine, query_instruction
+    from auditor.mine import mine
+    from auditor.texts import query_instruction
 
     folder = _instructed_model(tmp_path)
     assert model_query_prompt(str(folder)) == "query: "
