@@ -64,6 +64,8 @@ class MineConfig:
     #: a training file's per-query prompts: "auto" puts them in front of their queries only for a model that declares
     #: a query prompt of its own (it expects instructions; the file's prompt replaces its own), "always", or "never"
     query_prompts: str = "auto"
+    #: search every query among all documents of the store, not only its own dataset's
+    across_datasets: bool = False
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ class MineSummary:
     scored_candidates: int = 0  #: rows of ``scores`` for this model, all sources
     bands: dict[str, int] = field(default_factory=dict)
     risk: risk_mod.FitSummary | None = None  #: the risk fit written with the scores (prior, or prior + verdicts)
-    index: str = ""  #: the FAISS index searched ("flat" or "ivf")
+    index: str = ""  #: the FAISS index searched ("flat" or "ivf"; of the largest dataset's corpus)
+    documents_searched: int = 0  #: documents in the largest corpus searched (one dataset's, or all across datasets)
     nlist: int = 0  #: IVF cells (ivf only)
     nprobe: int = 0  #: IVF cells visited per query (ivf only)
     recall: float | None = None  #: IVF only: share of exact top-k found, on a sample of queries
@@ -86,6 +87,30 @@ def ivf_recall(index, D: np.ndarray, Q: np.ndarray, k: int, sample: int, seed: i
     _, approx = index.search(Q[pick], k)
     found = sum(len(np.intersect1d(e[e >= 0], a[a >= 0])) for e, a in zip(exact, approx))
     return found / max(1, int((exact >= 0).sum()))
+
+
+def _search_groups(con: duckdb.DuckDBPyConnection, across_datasets: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rows of _qidx, rows of _didx) to search together: per dataset (a query's candidates come from its own
+    corpus: a store holding Cranfield and MS MARCO must not offer MS MARCO passages as Cranfield negatives), or all
+    at once with ``across_datasets``."""
+    if across_datasets:
+        n_q = con.execute("SELECT count(*) FROM _qidx").fetchall()[0][0]
+        n_d = con.execute("SELECT count(*) FROM _didx").fetchall()[0][0]
+        return [(np.arange(n_q, dtype=np.int64), np.arange(n_d, dtype=np.int64))]
+    rows = con.execute(
+        """WITH qs AS (SELECT q.dataset, list(x.qi ORDER BY x.qi) AS qi
+                       FROM _qidx x JOIN (SELECT DISTINCT query_id, dataset FROM queries) q USING (query_id)
+                       GROUP BY q.dataset),
+                members AS (  -- a document stored once belongs to every dataset whose labels or lists name it
+                       SELECT doc_id, dataset FROM documents
+                       UNION SELECT doc_id, dataset FROM qrels
+                       UNION SELECT c.doc_id, q.dataset FROM candidates c JOIN queries q USING (query_id)
+                       WHERE c.model IS NULL),
+                ds AS (SELECT d.dataset, list(x.di ORDER BY x.di) AS di
+                       FROM _didx x JOIN members d USING (doc_id) GROUP BY d.dataset)
+           SELECT qs.qi, ds.di FROM qs JOIN ds USING (dataset) ORDER BY dataset"""
+    ).fetchall()
+    return [(np.asarray(q, dtype=np.int64), np.asarray(d, dtype=np.int64)) for q, d in rows]
 
 
 def _build_index(vectors: np.ndarray, kind: str, cfg: MineConfig):
@@ -230,32 +255,38 @@ def mine(
         pos_qi, pos_di = pos["qi"].astype(np.int64), pos["di"].astype(np.int64)
         max_pos = int(np.bincount(pos_qi, minlength=len(query_ids)).max()) if len(pos_qi) else 0
 
-        # --- search ---
-        kind = choose_index(index, len(doc_ids), config)
-        index_obj = _build_index(D, kind, config)
-        k = min(len(doc_ids), depth + max_pos)
-        summary.index = kind
-        if kind == "ivf":
-            summary.nlist, summary.nprobe = int(index_obj.nlist), int(index_obj.nprobe)
-            summary.recall = ivf_recall(index_obj, D, Q, k, config.ivf_recall_queries)
-            log.info("IVF index: nlist %d, nprobe %d, recall@%d %.4f against exact search on %d sampled queries",
-                     summary.nlist, summary.nprobe, k, summary.recall, min(len(Q), config.ivf_recall_queries))
+        # --- search: each query among the documents of its own dataset (unless config.across_datasets) ---
         hit_q, hit_d, hit_rank, hit_score = [], [], [], []
         pos_keys = pos_qi * len(doc_ids) + pos_di
         sp = _stage(stage_progress, "search")
-        step = 8192
-        for s in range(0, len(query_ids), step):
-            scores, idx = index_obj.search(Q[s:s + step], k)
-            qi = np.arange(s, s + len(idx), dtype=np.int64)[:, None]
-            excluded = (idx < 0) | np.isin(qi * len(doc_ids) + idx, pos_keys)
-            keep_rank = np.cumsum(~excluded, axis=1)
-            keep = ~excluded & (keep_rank <= depth)
-            hit_q.append(np.broadcast_to(qi, idx.shape)[keep])
-            hit_d.append(idx[keep].astype(np.int64))
-            hit_rank.append(keep_rank[keep].astype(np.int32))
-            hit_score.append(scores[keep].astype(np.float64))
-            if sp:
-                sp(min(s + step, len(query_ids)), len(query_ids))
+        searched = 0
+        for q_rows, d_rows in _search_groups(con, config.across_datasets):
+            kind = choose_index(index, len(d_rows), config)
+            index_obj = _build_index(D[d_rows], kind, config)
+            k = min(len(d_rows), depth + max_pos)
+            if len(d_rows) >= summary.documents_searched:  # the summary describes the largest corpus searched
+                summary.index, summary.documents_searched = kind, len(d_rows)
+                if kind == "ivf":
+                    summary.nlist, summary.nprobe = int(index_obj.nlist), int(index_obj.nprobe)
+                    summary.recall = ivf_recall(index_obj, D[d_rows], Q[q_rows], k, config.ivf_recall_queries)
+                    log.info("IVF index: nlist %d, nprobe %d, recall@%d %.4f against exact search on %d sampled "
+                             "queries", summary.nlist, summary.nprobe, k, summary.recall,
+                             min(len(q_rows), config.ivf_recall_queries))
+            step = 8192
+            for s in range(0, len(q_rows), step):
+                scores, local = index_obj.search(Q[q_rows[s:s + step]], k)
+                idx = np.where(local < 0, -1, d_rows[np.maximum(local, 0)])  # back to rows of D
+                qi = q_rows[s:s + step].astype(np.int64)[:, None]
+                excluded = (idx < 0) | np.isin(qi * len(doc_ids) + idx, pos_keys)
+                keep_rank = np.cumsum(~excluded, axis=1)
+                keep = ~excluded & (keep_rank <= depth)
+                hit_q.append(np.broadcast_to(qi, idx.shape)[keep])
+                hit_d.append(idx[keep].astype(np.int64))
+                hit_rank.append(keep_rank[keep].astype(np.int32))
+                hit_score.append(scores[keep].astype(np.float64))
+                searched += min(step, len(q_rows) - s)
+                if sp:
+                    sp(searched, len(query_ids))
         hits = pa.table({
             "qi": np.concatenate(hit_q), "di": np.concatenate(hit_d),
             "rank": np.concatenate(hit_rank), "score": np.concatenate(hit_score),

@@ -173,8 +173,28 @@ def accounts_enabled() -> bool:
     return has_accounts(cursor())
 
 
+def request_host() -> str | None:
+    """The host name the browser asked for (the Host header, without its port), or None outside a web request."""
+    host = (st.context.headers or {}).get("Host")
+    if not host:
+        return None
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8501
+        return host[1:host.index("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 def _local_only_guard() -> None:
-    """Without accounts the app serves only this computer: refuse to run when bound elsewhere or reached remotely."""
+    """Without accounts the app serves only this computer: refuse to run when bound elsewhere, reached remotely, or
+    asked for under a name other than a loopback one. The last is DNS rebinding: a web page's own name, made to
+    resolve to 127.0.0.1, lets that page's scripts drive this app from the user's browser; its requests carry that
+    name in Host, which only a loopback name passes."""
+    host = request_host()
+    if host is not None and not _is_loopback(host):
+        st.title("Open this app as localhost")
+        st.error(md(f"This local app answers only to http://localhost or http://127.0.0.1; it was asked for as "
+                         f"{host!r}, which another web site can point at this computer (DNS rebinding)."))
+        st.stop()
     address = st.get_option("server.address")
     client = st.context.ip_address
     if not _is_loopback(address) or (client is not None and not _is_loopback(client)):

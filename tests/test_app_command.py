@@ -97,3 +97,17 @@ def test_stopping_auditor_app_stops_streamlit(handbuilt_store_path, tmp_path, si
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_uploads_are_capped_where_config_readme_and_page_agree():
+    """A signed-out visitor can reach Streamlit's upload endpoint: the cap is what bounds it, and README tells a
+    team to cap request bodies at the proxy with the same number."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    mb = tomllib.loads((root / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
+    assert mb <= 200
+    readme = (root / "README.md").read_text()
+    assert f"`server.maxUploadSize` ({mb} MB" in readme
+    assert re.search(rf"client_max_body_size {mb}m;", readme)

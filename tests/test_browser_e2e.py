@@ -615,3 +615,28 @@ def test_concurrent_wrong_passwords_lock_the_name_out(server, browser):
         with _page(browser) as page:  # another name is not affected
             _sign_in(page, url, "bob")
             _item(page)
+
+
+def test_a_local_app_refuses_a_rebinding_host_name(tmp_path, mined_cranfield_path):
+    """Without accounts the app is for this computer only. A web site whose name resolves to 127.0.0.1 (DNS
+    rebinding; here Chromium's resolver rule plays the DNS server) must not get the app; localhost still does."""
+    from playwright.sync_api import sync_playwright
+
+    db = copy_store(mined_cranfield_path, tmp_path / "local.duckdb")
+    with _serve(tmp_path, db) as served, sync_playwright() as pw:
+        port = served["url"].rsplit(":", 1)[1]
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                               args=[*CHROMIUM_FLAGS, "--host-resolver-rules=MAP rebind.example 127.0.0.1"])
+        try:
+            page = b.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(f"http://rebind.example:{port}/")
+            page.wait_for_selector("text=Open this app as localhost")
+            page.wait_for_timeout(1000)
+            body = page.inner_text("body")
+            assert "rebind.example" in body and "Labeled positive" not in body and "Local single-user" not in body
+            page.goto(f"http://localhost:{port}/")
+            page.wait_for_selector("text=Labeled positive")
+            assert "Open this app as localhost" not in page.inner_text("body")
+        finally:
+            b.close()

@@ -326,3 +326,33 @@ def test_ivf_recall_is_measured_against_exact_search(mined):
     cfg = MineConfig(ivf_min_docs=1000)
     assert [choose_index("auto", n, cfg) for n in (1000, 1001)] == ["flat", "ivf"]
     assert choose_index("flat", 10**9, cfg) == "flat"
+
+
+def test_mining_stays_within_each_dataset(mined_cranfield_path, tmp_path):
+    """Cranfield and the MS MARCO sample in one store: a query's mined candidates come from its own dataset's
+    corpus (mining both together once made 28 Cranfield candidates MS MARCO passages and 91 the other way), unless
+    asked otherwise."""
+    from dataclasses import replace
+
+    from conftest import MSMARCO, copy_store
+
+    from auditor.ingest import ingest_path
+    from auditor.mine import mine
+    from auditor.store import open_store
+
+    con = open_store(copy_store(mined_cranfield_path, tmp_path / "two.duckdb"))
+    try:
+        ingest_path(con, MSMARCO)
+        crossing = """SELECT count(*) FROM candidates c JOIN queries q USING (query_id)
+                      WHERE c.source = ? AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.doc_id = c.doc_id
+                                                         AND d.dataset = q.dataset)"""
+        s = mine(con, depth=20)
+        assert s.queries == 235 and s.mined_candidates == 235 * 20
+        assert q(con, crossing, s.source)[0][0] == 0
+        per_dataset = dict(q(con, "SELECT q.dataset, count(DISTINCT c.query_id) FROM candidates c "
+                                  "JOIN queries q USING (query_id) WHERE c.source = ? GROUP BY 1", s.source))
+        assert sorted(per_dataset.values()) == [10, 225]
+        wide = mine(con, depth=20, source="wide", config=replace(MineConfig(), across_datasets=True))
+        assert q(con, crossing, wide.source)[0][0] > 0  # asked for: the whole store is one corpus
+    finally:
+        con.close()

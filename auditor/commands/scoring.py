@@ -45,7 +45,8 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from auditor.config import RayConfig
 
     cfg = replace(MineConfig(), batch_size=args.batch_size, index=args.index, ivf_nlist=args.nlist,
-                  ivf_nprobe=args.nprobe, engine=args.engine, device=args.device, query_prompts=args.query_prompts)
+                  ivf_nprobe=args.nprobe, engine=args.engine, device=args.device, query_prompts=args.query_prompts,
+                  across_datasets=args.across_datasets)
     ray_cfg = replace(RayConfig(), address=args.ray_address, actors=args.ray_actors)
     from auditor.signals import interrupt_on_signals
 
@@ -189,8 +190,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "mine", help="embed, mine candidates with FAISS, score every candidate, assign bands",
         description="Embed documents and queries (cached in the store: a text is never embedded twice), search "
-                    "every query with a labeled positive over the corpus, store the top-K non-positive documents as "
-                    "candidates, score every candidate of every source (given negatives too) against the "
+                    "every query with a labeled positive over the corpus of its own dataset, store the top-K "
+                    "non-positive documents as candidates, score every candidate of every source (given negatives too) against the "
                     "positives, and assign the bands of the default configuration.",
     )
     p.add_argument("--db", required=True, help="store file")
@@ -219,6 +220,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=MineConfig.device,
                    help="where the model runs (default auto: cuda when torch sees a GPU)")
     p.add_argument("--batch-size", type=int, default=MineConfig.batch_size, help="texts per encoder batch")
+    p.add_argument("--across-datasets", action="store_true",
+                   help="search each query among every document of the store (default: only its own dataset's, "
+                        "so loading a second training set never mixes its passages into the first's negatives)")
     p.add_argument("--query-prompts", choices=["auto", "always", "never"], default=MineConfig.query_prompts,
                    help="the training file's per-query prompts: auto (default) puts them in front of their queries "
                         "only for a model that declares a query prompt of its own (it expects instructions; the "
