@@ -21,10 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             "the same input adds nothing."
         ),
     )
-    p.add_argument("path", help="file or BEIR folder")
+    p.add_argument("path", help="file or BEIR folder; - reads JSON lines from standard input; also .jsonl.gz, a JSON "
+                                "array, a folder of Parquet shards or a datasets save_to_disk folder")
     p.add_argument("--db", required=True, help="store file (created if missing)")
     p.add_argument("--format", default="auto", choices=["auto", "beir", "flag", "triplets", "ntuple"],
                    help="input format (default: detected from the folder layout or the first record's keys)")
+    p.add_argument("--columns", metavar="ROLE=COL,...",
+                   help="the file's own column names, e.g. query=question,positive=answer[,negative=negative]"
+                        "[,prompt=COL] (sentence-transformers' mine_hard_negatives names its columns after its input); "
+                        "negative may name one column (a text or a list) or the prefix of numbered columns COL_1..N")
     p.add_argument("--split", help="BEIR qrels split (default: train if present, else the only one)")
     p.add_argument("--name", help="dataset name recorded with the rows (default: file or folder name)")
     p.add_argument("--skip-bad", action="store_true",
@@ -44,11 +49,21 @@ def run_ingest(args: argparse.Namespace) -> int:
     from auditor.ingest import ingest_path
     from auditor.store import open_store
 
+    columns = None
+    if args.columns:
+        from auditor.cli import UserError
+        from auditor.ingest.formats import parse_columns
+
+        try:
+            columns = parse_columns(args.columns)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     con = open_store(args.db)
     try:
         with progress_bar("ingest", disable=args.json, unit="step") as progress:
             summary = ingest_path(con, args.path, fmt=args.format, split=args.split, name=args.name,
-                                  skip_bad=args.skip_bad, rejects_path=args.rejects, progress=progress)
+                                  skip_bad=args.skip_bad, rejects_path=args.rejects, progress=progress,
+                                  columns=columns)
     finally:
         con.close()
     print(json.dumps(summary.as_dict(), indent=2) if args.json else "\n".join(summary.lines()))

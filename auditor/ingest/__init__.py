@@ -17,11 +17,12 @@ from pathlib import Path
 
 import duckdb
 
+from auditor.ingest.containers import STDIN, STDIN_NAME, display_path, logical_name, unpacked
 from auditor.ingest.diagnose import first_keys, key_lines
 from auditor.ingest.errors import IngestError
 from auditor.ingest.formats import (
     BEIR_CORPUS_FIELDS, BEIR_QUERY_FIELDS, FORMATS, PairLayout, detect_format, guess_pair_format, is_tabular,
-    layout_for, tabular_columns,
+    layout_for, layout_for_columns, tabular_columns,
 )
 from auditor.ingest.merge import merge
 from auditor.ingest.read import (
@@ -110,20 +111,40 @@ def ingest_path(
     skip_bad: bool = False,
     rejects_path: str | Path | None = None,
     progress: Progress | None = None,
+    columns: dict[str, str] | None = None,
 ) -> IngestSummary:
     """Load one training set into the store, all or nothing (or, with skip_bad, all valid records).
 
     A file from which no valid record can be read is refused; SIGTERM during an ingest rolls it back like Ctrl-C.
+    ``path`` may be ``-`` (standard input), gzipped JSON lines, a JSON array, a folder of Parquet shards or a
+    ``datasets`` save_to_disk folder (:mod:`auditor.ingest.containers`). ``columns`` maps the roles query, positive
+    and negative (and scores, prompt) to the file's own column names, e.g. ``{"query": "question", "positive":
+    "answer"}`` for sentence-transformers' mine_hard_negatives output (:func:`auditor.ingest.formats.parse_columns`).
     """
-    path = Path(path)
-    if not path.exists():
+    if str(path) != STDIN and not Path(path).exists():
         raise IngestError(str(path), None, "no such file or folder")
-    if fmt == "auto":
+    shown = display_path(path)
+    with unpacked(path) as (read_path, translate):
+        try:
+            return _ingest(con, read_path, shown, fmt, split, name, skip_bad, rejects_path, progress, columns)
+        except IngestError as exc:
+            raise translate(exc) from None
+
+
+def _ingest(
+    con: duckdb.DuckDBPyConnection, path: Path, shown: Path, fmt: str, split: str | None, name: str | None,
+    skip_bad: bool, rejects_path: str | Path | None, progress: Progress | None, columns: dict[str, str] | None,
+) -> IngestSummary:
+    if columns:
+        fmt = fmt if fmt != "auto" else "columns"
+    elif fmt == "auto":
         fmt = detect_format(path)
     elif fmt not in FORMATS:
         raise IngestError(str(path), None, f"unknown format {fmt!r}; choose one of: auto, {', '.join(FORMATS)}")
-    dataset = name or _default_name(path)
-    summary = IngestSummary(path=str(path), format=fmt, dataset=dataset)
+    if columns and fmt not in ("columns", "flag", "triplets", "ntuple"):
+        raise IngestError(str(path), None, f"--columns applies to training files, not to format {fmt}")
+    dataset = name or _default_name(logical_name(shown))
+    summary = IngestSummary(path=str(shown), format=fmt, dataset=dataset)
     if rejects_path is None:  # dataset names may hold a '/' (msmarco-mined/train): keep the report in one file
         rejects_path = Path.cwd() / f"{dataset.replace('/', '_')}.rejects.jsonl"
     rejects = Rejects(Path(rejects_path)) if skip_bad else None
@@ -140,7 +161,8 @@ def ingest_path(
             else:
                 if path.is_dir():
                     raise IngestError(str(path), None, f"format {fmt} expects a file, got a folder")
-                layout = _load_pairs(con, path, fmt, scratch, rejects, summary)
+                layout = _load_pairs(con, path, fmt, scratch, rejects, summary, columns)
+                summary.format = layout.format
                 step()  # read and checked
                 stage_pairs(con, layout)
             step()  # staged
@@ -154,7 +176,7 @@ def ingest_path(
                 new = sum(counts[k] for k in ("queries", "documents", "positives", "judged_negatives", "candidates"))
                 summary.nothing_new = summary.records > 0 and new == 0
                 if not summary.nothing_new:
-                    _record_ingest(con, path, summary)
+                    _record_ingest(con, path, shown, summary)
                 guard.hold()  # committing: a SIGTERM from now on ends the process after cleanup, not the ingest
             step()  # merged
         finally:
@@ -167,14 +189,14 @@ def ingest_path(
     return summary
 
 
-def _record_ingest(con: duckdb.DuckDBPyConnection, path: Path, summary: IngestSummary) -> None:
+def _record_ingest(con: duckdb.DuckDBPyConnection, path: Path, shown: Path, summary: IngestSummary) -> None:
     con.execute(
         """
         INSERT INTO ingests (dataset, path, format, split, content_hash, n_queries, n_documents, n_positives,
                              n_judged_negatives, n_candidates, n_duplicates, n_skipped)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         """,
-        [summary.dataset, str(path.resolve()), summary.format, summary.split, fingerprint(path), summary.queries,
+        [summary.dataset, str(shown) if str(shown) == STDIN_NAME else str(shown.resolve()), summary.format, summary.split, fingerprint(path), summary.queries,
          summary.documents, summary.positives, summary.judged_negatives, summary.candidates, summary.duplicates,
          summary.skipped],
     )
@@ -182,7 +204,7 @@ def _record_ingest(con: duckdb.DuckDBPyConnection, path: Path, summary: IngestSu
 
 def _load_pairs(
     con: duckdb.DuckDBPyConnection, path: Path, fmt: str, scratch: Scratch, rejects: Rejects | None,
-    summary: IngestSummary,
+    summary: IngestSummary, column_map: dict[str, str] | None = None,
 ) -> PairLayout:
     """Read a pair-format file into the checked `recs` table; the layout comes from the keys of all its records."""
     columns = None
@@ -197,7 +219,10 @@ def _load_pairs(
         if first == 0 and not src.left_out:
             raise IngestError(str(path), None, "file is empty: no records")
         where = f"{path}:{src.line_of[0] if src.line_of else first}" if first else str(path)
-    layout = layout_for(fmt, keys, where)
+    if column_map:
+        layout = layout_for_columns(fmt, keys, where, column_map, _first_record(src.read_path))
+    else:
+        layout = layout_for(fmt, keys, where)
     unread = layout.unread_text_keys(keys)
     if unread:
         if columns is None:
@@ -211,6 +236,31 @@ def _load_pairs(
     _src, summary.records = load_checked(con, src, "recs", layout.fields(), scratch, rejects, layout.same_length(),
                                          pair_projection(layout), columns)
     return layout
+
+
+def _first_record(path: Path) -> dict:
+    """The first record's values (for --columns: whether a column holds one text or a list)."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1):
+            rows = batch.to_pylist()
+            if rows:
+                return rows[0]
+        return {}
+    if path.suffix.lower() == ".csv":
+        return {}  # CSV cells are texts
+    import json
+
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                try:
+                    value = json.loads(raw.decode("utf-8-sig"))
+                except ValueError:
+                    return {}
+                return value if isinstance(value, dict) else {}
+    return {}
 
 
 def _load_beir(

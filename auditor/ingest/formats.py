@@ -115,6 +115,66 @@ def layout_for(fmt: str, keys: set[str], where: str) -> PairLayout:
     raise IngestError(where, None, f"unknown format {fmt!r}; choose one of: auto, {', '.join(FORMATS)}")
 
 
+#: Roles --columns can map to a file's own column names.
+COLUMN_ROLES = ("query", "positive", "negative", "prompt")
+
+
+def parse_columns(text: str) -> dict[str, str]:
+    """``query=question,positive=answer[,negative=COL][,prompt=COL]`` as a dict."""
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        role, sep, column = part.partition("=")
+        role, column = role.strip(), column.strip()
+        if not sep or not column or role not in COLUMN_ROLES:
+            raise ValueError(f"--columns takes ROLE=COLUMN pairs with ROLE one of {', '.join(COLUMN_ROLES)}; "
+                             f"got {part!r}")
+        if role in out:
+            raise ValueError(f"--columns names {role} twice")
+        out[role] = column
+    for role in ("query", "positive"):
+        if role not in out:
+            raise ValueError(f"--columns needs {role}=COLUMN")
+    return out
+
+
+def layout_for_columns(fmt: str, keys: set[str], where: str, columns: dict[str, str], first: dict) -> PairLayout:
+    """The layout of a file whose columns the user named (sentence-transformers' mine_hard_negatives names them after
+    its input: query/answer, question/answer, anchor/positive, ...).
+
+    negative=COL is one column holding a text (triplets) or a list (n-tuple), or the prefix of numbered columns
+    COL_1..COL_N (``negative`` by default, as mine_hard_negatives writes them). A positive column holding a list makes
+    the FlagEmbedding shape.
+    """
+    shown = ", ".join(sorted(keys)[:20]) + (f", ... ({len(keys)} keys)" if len(keys) > 20 else "") if keys else "none"
+    for role, column in columns.items():
+        if column not in keys and not (role == "negative" and _numbered_with(keys, column)):
+            raise IngestError(where, column, f"--columns {role}={column}: the file has no such column (columns: "
+                                             f"{shown})")
+    q, p = columns["query"], columns["positive"]
+    prompt = columns.get("prompt")
+    positives_is_list = isinstance(first.get(p), list)
+    neg = columns.get("negative", "negative")
+    numbered = _numbered_with(keys, neg)
+    if neg in keys:
+        negatives, negatives_is_list, ranks = (neg,), isinstance(first.get(neg), list) or positives_is_list, ()
+    elif numbered:
+        negatives, negatives_is_list, ranks = tuple(k for _, k in numbered), False, tuple(n for n, _ in numbered)
+    else:
+        raise IngestError(where, neg, f"no negative column: name it with --columns ...,negative=COL (columns: "
+                                      f"{shown})")
+    shape = "flag" if positives_is_list else "ntuple" if (negatives_is_list or ranks) else "triplets"
+    if fmt not in ("columns", shape):
+        raise IngestError(where, None, f"--format {fmt} does not match the columns named: the file looks like "
+                                       f"{shape} (a positive {'list' if positives_is_list else 'text'}, negatives "
+                                       f"{'numbered' if ranks else 'in a list' if negatives_is_list else 'one text'})")
+    return PairLayout(shape, q, p, positives_is_list, negatives, negatives_is_list, ranks, None, None, prompt)
+
+
+def _numbered_with(keys: set[str], prefix: str) -> list[tuple[int, str]]:
+    pattern = re.compile(re.escape(prefix) + r"_([1-9][0-9]{0,5})")
+    return sorted((int(m.group(1)), k) for k in keys if (m := pattern.fullmatch(k)))
+
+
 def guess_pair_format(keys: set[str]) -> str | None:
     if "pos" in keys and "query" in keys:
         return "flag"

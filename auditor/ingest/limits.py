@@ -34,13 +34,16 @@ GRADE_RANGE = (-(2**31), 2**31 - 1)
 #: deeper than its own parser allows (about this many levels) to DuckDB instead of failing.
 PYTHON_JSON_DEPTH = 900
 
-#: Characters that do not count as text: a query or passage made only of these is refused as blank. Python's
-#: whitespace (str.isspace) plus the invisible format characters that editors and scrapers leave behind.
+#: Characters that do not count as text: a query or passage made only of these is refused as blank (and an export
+#: never writes one). Python's whitespace (str.isspace), the invisible format characters that editors and scrapers
+#: leave behind, and the C0/C1 control characters (NUL, backspace, DEL, ... : a text of only those is a broken
+#: decode, not a passage).
 BLANK_CHARS = (
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
     "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
     "\u2028\u2029\u202f\u205f\u3000"
     "\u180e\u200b\u200c\u200d\u2060\ufeff"
+    + "".join(map(chr, [*range(0x00, 0x09), *range(0x0e, 0x1c), *range(0x7f, 0x85), *range(0x86, 0xa0)]))
 )
 
 #: Ingest's scratch folders (``auditor-ingest-<pid>-*`` in the temp directory) left by a killed process are removed by

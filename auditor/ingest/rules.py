@@ -70,7 +70,7 @@ def _first_item(v_items: str, bad: str) -> str:
 
 _IS_STRING = Rule("json_type({v}) <> 'VARCHAR'", "'expected a string, got ' || " + _type_name("json_type({v})"))
 _NOT_BLANK = Rule(f"regexp_full_match(json_extract_string({{v}}, '$'), {lit(BLANK_RE)})",
-                  "'blank: empty or only whitespace'")
+                  "'blank: empty or only whitespace, invisible or control characters'")
 _IS_LIST = Rule("json_type({v}) <> 'ARRAY'", "'expected a list, got ' || " + _type_name("json_type({v})"))
 _NOT_EMPTY = Rule("json_array_length({v}) = 0", "'empty list'")
 
@@ -82,7 +82,7 @@ _ITEMS_STRINGS = Rule(
     + _type_name(f"({_ITEM_TYPES})[{_NOT_STRING}]"),
 )
 _BLANK_ITEM = _first_item("json_extract_string({v}, '$[*]')", f"regexp_full_match(x, {lit(BLANK_RE)})")
-_ITEMS_NOT_BLANK = Rule(f"{_BLANK_ITEM} > 0", f"'item ' || {_BLANK_ITEM} || ' is blank: empty or only whitespace'")
+_ITEMS_NOT_BLANK = Rule(f"{_BLANK_ITEM} > 0", f"'item ' || {_BLANK_ITEM} || ' is blank: empty or only whitespace, invisible or control characters'")
 _NOT_NUMBER = _first_item(_ITEM_TYPES, "x NOT IN ('BIGINT', 'UBIGINT', 'DOUBLE')")
 _ITEMS_NUMBERS = Rule(
     f"{_NOT_NUMBER} > 0",
