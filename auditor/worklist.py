@@ -78,6 +78,7 @@ class Worklist:
         #: computed in the background: what the page shows as progress (with model and config)
         self._progress_fn, self.progress = progress, None
         self._new_verdicts = 0
+        self.judged_here = 0  #: verdicts given through this worklist (this browser session)
         self.batch, self.low, self.ttl, self.key = batch, low, ttl, key
         self._lock = threading.RLock()
         self.items: list[dict[str, Any]] = []  #: held, in order; items[0] is on screen
@@ -167,6 +168,7 @@ class Worklist:
         self.finish(*_key(item))  # its lease ends at the next claim (auditor.queue._expire): no lock on a key press
         with self._lock:
             self._new_verdicts += 1
+            self.judged_here += 1
             if isinstance(self.progress, dict):  # shown at once; recounted in the background
                 self.progress = {**self.progress, "done": self.progress["done"] + 1,
                                  "mine": self.progress["mine"] + 1}

@@ -10,6 +10,7 @@ name the file as the admin knows it (the upload's name, never a server temp path
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -57,7 +58,13 @@ def _show_summary(summary, shown_as: str | None) -> None:
     c[3].metric("New candidates", f"{summary.candidates:,}")
     c[4].metric("Duplicates merged", f"{summary.duplicates:,}")
     text = "\n".join(summary.lines())
+    if summary.rejects_path:
+        text = text.replace(f"(reasons in {summary.rejects_path})", "(reasons in the report below)")
     st.code(text.replace(summary.path, shown_as) if shown_as else text, language=None)
+    rejected = ss.pop("load_rejects", None)
+    if rejected:
+        st.download_button("Download the report of skipped lines", data=rejected[0], file_name=rejected[1],
+                           mime="application/jsonl", icon=":material/download:", key="load_rejects_download")
 
 
 def _ingest(
@@ -69,9 +76,10 @@ def _ingest(
     from auditor.ui_helpers import safe_ingest_message
 
     bar = st.progress(0.0, text="Reading…")
+    report = Path(tempfile.mkdtemp(prefix="auditor-rejects-")) / "rejects.jsonl"  # never the app's working folder
     try:
         summary = ingest_path(ui.cursor(), path, fmt=fmt, split=split or None, name=name or None,
-                              skip_bad=skip_bad, progress=ui.progress_callback(bar))
+                              skip_bad=skip_bad, rejects_path=report, progress=ui.progress_callback(bar))
     except (IngestError, StoreError, ValueError, OSError) as exc:
         bar.empty()
         where, shown = str(getattr(exc, "where", None) or ""), None
@@ -87,9 +95,13 @@ def _ingest(
             msg = safe_ingest_message(exc, shown)
         st.error("Nothing was stored. " + ui.md(msg))
         return
+    finally:
+        rejected = report.read_bytes() if report.exists() else None
+        shutil.rmtree(report.parent, ignore_errors=True)
     bar.empty()
     ui.store_changed()
     ss["load_summary"] = (summary, shown_as)
+    ss["load_rejects"] = (rejected, f"{summary.dataset.replace('/', '_')}.rejects.jsonl") if rejected else None
     st.rerun()
 
 

@@ -168,14 +168,16 @@ def _whole(text: str | None, what: str, key: str) -> None:
 
 
 def _pick_positive(ctx: dict, cand: dict, cfg) -> tuple[int, int | None, int | None]:
-    """(index shown by default, index of the anchor, index of the positive nearest to the candidate)."""
+    """(index shown by default, index of the anchor, index of the positive nearest to the candidate). By default the
+    positive most similar to the query (for a near-duplicate, the one the candidate resembles)."""
     positives, marks = ctx["positives"], ctx.get("marks") or {}
     scored = [(i, marks[p["doc_id"]]) for i, p in enumerate(positives) if p["doc_id"] in marks]
     if not scored:
         return 0, None, None
     anchor = min(scored, key=lambda t: t[1]["s_pos"])[0]
     nearest = max(scored, key=lambda t: t[1]["sim"])[0]
-    return (nearest if cand.get("rule") == "near_duplicate" else anchor), anchor, nearest
+    clearest = max(scored, key=lambda t: t[1]["s_pos"])[0]  # the best example of what this query wants
+    return (nearest if cand.get("rule") == "near_duplicate" else clearest), anchor, nearest
 
 
 @st.fragment
@@ -225,6 +227,9 @@ def item_area() -> None:
             if shown == nearest and marks:
                 near = cfg.near_duplicate is not None and marks["sim"] >= cfg.near_duplicate
                 tags.append(("ad-near", f"{'near-duplicate' if near else 'nearest'} · similarity {marks['sim']:.2f}"))
+            if marks and len(positives) > 1 and marks["s_pos"] >= max(
+                    m["s_pos"] for m in (ctx.get("marks") or {}).values()):
+                tags.append(("ad-anchor", f"closest to the query · {marks['s_pos']:.2f}"))
             grade = f" · grade {pos['grade']}" if pos.get("grade") is not None else ""
             label = f"Labeled positive {shown + 1} of {len(positives)}" if len(positives) > 1 else "Labeled positive"
             pos_html = _box("positive", label, f"doc {pos['doc_id']}{grade}", pos["text"], words,
@@ -280,14 +285,19 @@ def _progress() -> str:
         from auditor.ui_helpers import progress_counts
 
         p = wl.progress = progress_counts(con, model, config_name, user.name)
-    return f"Reviewed {p['done']:,} of {p['total']:,} (everyone) · {p['mine']:,} by you"
+    # Not "N of every candidate": the queue asks about a small part of them (what would change the export), so that
+    # denominator only discourages. This session, this annotator, the team.
+    return (f"This session: {wl.judged_here:,} judged · you: {p['mine']:,} in all · team: {p['done']:,} items "
+            "judged")
 
 
 def _why(ctx: dict, cand: dict, cfg) -> str:
     risk = ctx.get("risk") or {}
-    parts = ['<div class="ad-why"><p><b>Why it is here</b></p>']
-    if risk.get("p_fn") is not None:
+    parts = ['<div class="ad-why"><p><b>Why you are asked about this passage</b></p>']
+    if risk.get("p_fn") is not None and risk.get("origin") != "prior":
         parts.append(f"<p>Estimated chance it is relevant: <b>{html.escape(describe(risk['p_fn']))}</b></p>")
+    elif risk.get("p_fn") is not None:  # before verdicts calibrate it, the risk is a ranking, not a probability
+        parts.append("<p>Chance it is relevant: not estimated yet (the team's first verdicts calibrate it)</p>")
     drivers = list(risk.get("drivers") or [])
     rule = cand.get("rule")
     if rule:

@@ -7,6 +7,7 @@ Most tests use the hand-built store (fast, known queue order); some run on the m
 from __future__ import annotations
 
 import html
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -227,11 +228,15 @@ def test_review_shows_query_positive_candidate_and_why(monkeypatch, handbuilt_st
     cand = _box(at, "candidate")
     assert "text of n1 &lt;b&gt;x&lt;/b&gt;" in cand and "Suspicious" in cand and "<b>x</b>" not in cand
     why = _html(at)
-    assert "Why it is here" in why and "at or above the labeled positive (0.80): an inversion" in why
+    assert "Why you are asked about this passage" in why
+    assert "at or above the labeled positive (0.80): an inversion" in why
+    assert "Estimated chance" not in why  # this store has no risk at all
     labels = {b.label: b.proto.shortcut.upper() for b in at.button if b.proto.shortcut}
     assert labels == {"Relevant — a false negative": "F", "Not relevant": "T", "Unsure": "U", "Skip": "S",
                       "Undo": "Z"}
-    assert "Reviewed 0 of 10 (everyone) · 0 by you" in why
+    assert "This session: 0 judged · you: 0 in all · team: 0 items judged" in why  # no "of <every candidate>"
+    _press(at, "true_negative")
+    assert "This session: 1 judged · you: 1 in all · team: 1 items judged" in _html(at)
 
 
 def test_the_other_candidates_are_listed_with_their_texts_when_opened(monkeypatch, handbuilt_store_path):
@@ -377,7 +382,7 @@ def test_positive_marks_and_shared_words_on_the_mined_sample(monkeypatch, tmp_pa
     marks = ctx["marks"]
     assert set(marks) == {p["doc_id"] for p in ctx["positives"]} and marks
     pos = _box(at, "positive")
-    assert "anchor: compared with" in pos or "nearest" in pos
+    assert "closest to the query" in pos or "anchor: compared with" in pos or "nearest" in pos
     assert "<mark>" in _box(at, "candidate") + pos  # words shared with the query are marked
     _press(at, "false_negative")
     assert _events(db)[0][:4] == (q, d, "false_negative", "ada") and _events(db)[0][6] == "export"
@@ -608,3 +613,48 @@ def test_sample_store_is_complete_and_a_failed_build_leaves_nothing(tmp_path, mi
         build_sample_store(target, source=tmp_path / "no-such-folder")
     assert list(tmp_path.iterdir()) == []  # no half store, no temporary file left behind
 
+
+
+def test_skipped_lines_report_is_a_download_not_a_file_in_the_working_folder(monkeypatch, tmp_path):
+    from auditor.store import open_store
+
+    db = tmp_path / "empty.duckdb"
+    open_store(db).close()
+    root = tmp_path / "root"
+    root.mkdir()
+    lines = ['{"query": "q1", "pos": ["p1"], "neg": ["n1"]}', '{"query": "q2", "pos": "not a list", "neg": ["n2"]}',
+             '{"query": "q3", "pos": ["p3"], "neg": ["n3"]}']
+    (root / "mixed.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("AUDITOR_DATA_ROOT", str(root))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    at = _app(monkeypatch, db, page="pages/load.py")
+    at.text_input(key="load_path").input("mixed.jsonl").run()
+    at.checkbox(key="path_skip").check().run()
+    at.button(key="load_path_go").click().run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["New queries"] == "2"
+    assert list(work.iterdir()) == [] and list(root.iterdir()) == [root / "mixed.jsonl"]
+    downloads = [b for b in at.get("download_button")]
+    assert len(downloads) == 1 and "reasons in the report below" in at.code[0].value
+    assert not list(Path(tempfile.gettempdir()).glob("auditor-rejects-*"))
+
+
+def test_before_calibration_the_review_screen_shows_no_chance_and_the_clearest_positive(monkeypatch, tmp_path,
+                                                                                         mined_cranfield_path):
+    """The sample store's risk is the uncalibrated prior (no verdicts): a ranking, not a probability, so the screen
+    says it is not estimated yet; the positive shown first is the one most similar to the query."""
+    from conftest import copy_store
+
+    db = copy_store(mined_cranfield_path, tmp_path / "m.duckdb")
+    at = _app(monkeypatch, db, user=None)
+    why = _html(at)
+    assert "not estimated yet" in why and "Estimated chance" not in why
+    wl = _wl(at)
+    ctx = wl.context(wl.current())
+    marks = ctx.get("marks") or {}
+    scored = [p for p in ctx["positives"] if p["doc_id"] in marks]
+    if len(scored) > 1 and ctx.get("candidate", {}).get("rule") != "near_duplicate":
+        best = max(scored, key=lambda p: marks[p["doc_id"]]["s_pos"])
+        assert html.escape(best["text"][:60]) in _box(at, "positive")

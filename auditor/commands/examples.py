@@ -11,6 +11,8 @@ EXAMPLES: dict[str, list[str]] = {
         "auditor ingest train.jsonl --db audit.duckdb   # FlagEmbedding {query, pos, neg} lines",
         "auditor ingest triplets.parquet --db audit.duckdb --name nq   # sentence-transformers triplets",
         "auditor ingest train.jsonl --db audit.duckdb --skip-bad --rejects rejects.jsonl",
+        "auditor ingest mined.jsonl --db audit.duckdb --columns query=question,positive=answer   # mine_hard_negatives",
+        "auditor ingest - --db audit.duckdb --name piped < train.jsonl   # standard input",
     ],
     "info": ["auditor info --db audit.duckdb", "auditor info --db audit.duckdb --json"],
     "mine": [
