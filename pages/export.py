@@ -73,6 +73,12 @@ with left:
         file_type = st.radio("File type", list(FILE_TYPE_LABELS), key="x_file_type", horizontal=True,
                              format_func=FILE_TYPE_LABELS.get,
                              help="FlagEmbedding reads only .json/.jsonl files; sentence-transformers reads both")
+        scores = defaults.scores
+        if fmt == "ntuple":
+            scores = st.radio("Scores (pos_scores / neg_scores)", ["teacher", "model", "none"], key="x_scores",
+                              horizontal=True, help="teacher: only where the training file gave them (FlagEmbedding "
+                              "softmaxes scores without a temperature: model cosines teach little); model: the "
+                              "model's cosines elsewhere; none: no scores")
         c1, c2 = st.columns(2)
         negatives = c1.number_input("Negatives per query", 1, 1000, defaults.negatives, key="x_neg")
         strategy = c2.selectbox("Choice of negatives", list(STRATEGY_HELP), key="x_strategy",
@@ -97,6 +103,8 @@ with left:
            "--seed", str(int(seed)), f"--{flag}", f"{rule_value:g}"]
     if relabel:
         cmd.append("--relabel")
+    if fmt == "ntuple" and scores != defaults.scores:
+        cmd += ["--scores", scores]
     if not drop_susp:
         cmd.append("--keep-unreviewed-suspicious")
     st.caption("The same from the command line (for pipelines and very large sets):")
@@ -114,6 +122,7 @@ if go:
         risk = {"fn_budget": None, "target_rate": None, "max_risk": None, flag.replace("-", "_"): float(rule_value)}
         summary = export(ui.cursor(), out, fmt=fmt, file_type=file_type, negatives=int(negatives), strategy=strategy,
                          relabel=relabel, drop_unreviewed_suspicious=drop_susp, config=band_config, model=model,
+                         scores=scores,
                          seed=int(seed), progress=ui.progress_callback(bar), **risk)
     except (StoreError, ValueError, OSError) as exc:
         bar.empty()

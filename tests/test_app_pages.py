@@ -573,6 +573,11 @@ def test_export_page_previews_offers_download_and_the_html_report(monkeypatch, h
     assert not at.exception, at.exception
     preview = at.session_state["x_result"]["preview"]
     assert preview and at.get("download_button")
+    assert all("pos_scores" not in row for row in preview)  # no teacher scores in this store: none written
+    at.radio(key="x_scores").set_value("model").run()
+    assert "--scores model" in at.code[0].value
+    at.button(key="x_go").click().run()
+    assert all(len(row["pos_scores"]) == len(row["pos"]) for row in at.session_state["x_result"]["preview"])
     at.button(key="x_report_go").click().run()
     assert not at.exception
     report = at.session_state["x_report"]
