@@ -484,6 +484,15 @@ json_values = st.recursive(
 )
 
 
+def is_label(value: object) -> bool:
+    """A relevance label: 0 or 1, true or false, or those as strings (CSV cells)."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return value in (0, 1)
+    return isinstance(value, str) and value in ("0", "1", "true", "false")
+
+
 def oracle(kind: str, value: object) -> bool:
     from auditor.ingest import rules
 
@@ -495,6 +504,8 @@ def oracle(kind: str, value: object) -> bool:
         rules.TEXT_LIST: lambda: is_list and bool(value) and all(map(is_text, value)),
         rules.TEXT_LIST_OR_EMPTY: lambda: is_list and all(map(is_text, value)),
         rules.NUMBER_LIST: lambda: is_list and all(map(is_score, value)),
+        rules.LABEL: lambda: is_label(value),
+        rules.LABEL_LIST: lambda: is_list and bool(value) and all(map(is_label, value)),
     }[kind]()
 
 

@@ -24,12 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="file or BEIR folder; - reads JSON lines from standard input; also .jsonl.gz, a JSON "
                                 "array, a folder of Parquet shards or a datasets save_to_disk folder")
     p.add_argument("--db", required=True, help="store file (created if missing)")
-    p.add_argument("--format", default="auto", choices=["auto", "beir", "flag", "triplets", "ntuple"],
+    p.add_argument("--format", default="auto",
+                   choices=["auto", "beir", "flag", "triplets", "ntuple", "labeled-pair", "labeled-list"],
                    help="input format (default: detected from the folder layout or the first record's keys)")
     p.add_argument("--columns", metavar="ROLE=COL,...",
                    help="the file's own column names, e.g. query=question,positive=answer[,negative=negative]"
                         "[,prompt=COL] (sentence-transformers' mine_hard_negatives names its columns after its input); "
-                        "negative may name one column (a text or a list) or the prefix of numbered columns COL_1..N")
+                        "negative may name one column (a text or a list) or the prefix of numbered columns COL_1..N; "
+                        "scores=COL (default: scores) is output_scores' list, the positive's score first; "
+                        "label=COL (default: label / labels) reads a labeled-pair or labeled-list output, with "
+                        "positive= naming its document column")
     p.add_argument("--split", help="BEIR qrels split (default: train if present, else the only one)")
     p.add_argument("--name", help="dataset name recorded with the rows (default: file or folder name)")
     p.add_argument("--skip-bad", action="store_true",

@@ -1,4 +1,5 @@
-"""Ingest of training sets into the store: BEIR folders, FlagEmbedding JSONL, triplets and n-tuples.
+"""Ingest of training sets into the store: BEIR folders, FlagEmbedding JSONL, triplets, n-tuples and labeled pairs /
+lists (sentence-transformers' mine_hard_negatives outputs).
 
 Design: DuckDB reads the whole file and checks every record against the rule table in the same pass (fast, flat
 memory); only when a record is bad does Python look at lines, to name the exact line and field. Everything happens in
@@ -26,7 +27,8 @@ from auditor.ingest.formats import (
 )
 from auditor.ingest.merge import merge
 from auditor.ingest.read import (
-    Rejects, Source, jsonl_keys, jsonl_source, load_checked, refuse_unreadable, unique_ids,
+    Rejects, Source, every_query_has_a_positive, jsonl_keys, jsonl_source, load_checked, one_prompt_per_query,
+    refuse_unreadable, unique_ids,
 )
 from auditor.ingest.scratch import Scratch, scratch_space
 from auditor.signals import interrupt_on_signals
@@ -118,7 +120,7 @@ def ingest_path(
     A file from which no valid record can be read is refused; SIGTERM during an ingest rolls it back like Ctrl-C.
     ``path`` may be ``-`` (standard input), gzipped JSON lines, a JSON array, a folder of Parquet shards or a
     ``datasets`` save_to_disk folder (:mod:`auditor.ingest.containers`). ``columns`` maps the roles query, positive
-    and negative (and scores, prompt) to the file's own column names, e.g. ``{"query": "question", "positive":
+    and negative (and scores, label, prompt) to the file's own column names, e.g. ``{"query": "question", "positive":
     "answer"}`` for sentence-transformers' mine_hard_negatives output (:func:`auditor.ingest.formats.parse_columns`).
     """
     if str(path) != STDIN and not Path(path).exists():
@@ -141,7 +143,7 @@ def _ingest(
         fmt = detect_format(path)
     elif fmt not in FORMATS:
         raise IngestError(str(path), None, f"unknown format {fmt!r}; choose one of: auto, {', '.join(FORMATS)}")
-    if columns and fmt not in ("columns", "flag", "triplets", "ntuple"):
+    if columns and fmt not in ("columns", "flag", "triplets", "ntuple", "labeled-pair", "labeled-list"):
         raise IngestError(str(path), None, f"--columns applies to training files, not to format {fmt}")
     dataset = name or _default_name(logical_name(shown))
     summary = IngestSummary(path=str(shown), format=fmt, dataset=dataset)
@@ -233,8 +235,12 @@ def _load_pairs(
         hint = f"; try --format {guess}" if guess and guess != fmt else ""
         raise IngestError(where, unread[0], f"holds texts that format {fmt} does not read (it reads "
                                             f"{', '.join(layout.keys())}): they would be lost{hint}")
-    _src, summary.records = load_checked(con, src, "recs", layout.fields(), scratch, rejects, layout.same_length(),
-                                         pair_projection(layout), columns)
+    src, summary.records = load_checked(con, src, "recs", layout.fields(), scratch, rejects, layout.same_length(),
+                                        pair_projection(layout), columns)
+    if layout.prompt:
+        summary.records -= one_prompt_per_query(con, src, layout.prompt, rejects)
+    if layout.labels:
+        summary.records -= every_query_has_a_positive(con, src, layout.labels, rejects)
     return layout
 
 

@@ -202,8 +202,9 @@ def _read(con, table: str, src: Source, fields: list[Field], same_length, projec
         cols, from_ = "*", _jsonl_sql(src.read_path, keys)
     else:
         present = set(columns)
-        cols = ", ".join(f"to_json({quote(k)}) AS {quote(k)}" if k in present else f"NULL::JSON AS {quote(k)}"
-                         for k in keys)
+        special = tabular.parquet_columns_sql(src.read_path, keys, present) if src.kind == "parquet" else {}
+        cols = ", ".join(f"{special.get(k, f'to_json({quote(k)})')} AS {quote(k)}" if k in present
+                         else f"NULL::JSON AS {quote(k)}" for k in keys)
         from_ = tabular.tabular_source(src.read_path, columns)
     _execute(
         con,
@@ -289,3 +290,75 @@ def unique_ids(con: duckdb.DuckDBPyConnection, src: Source, table: str, text_sql
         where = src.where(Problem(second, "_id", "", position=dup[2]))
         seen = f" (first seen on line {first})" if first else ""
         raise IngestError(where, "_id", f"duplicate id {dup[0]!r} with different text{seen}")
+
+
+def one_prompt_per_query(con: duckdb.DuckDBPyConnection, src: Source, field: str, rejects: Rejects | None) -> int:
+    """A query is stored once (its id is the hash of its text) with one prompt: a record giving the same query text
+    another prompt than its first record with one is refused (with `rejects`: reported and left out), naming its line
+    and the line of the first prompt; so is a prompt for a query the store already holds with another prompt (or
+    none). A record without a prompt takes the query's prompt. Returns the records left out."""
+    bad = con.execute(
+        """
+        SELECT rowid, first_row FROM (
+            SELECT rowid, prompt, first(prompt ORDER BY rowid) OVER w AS first_prompt,
+                   first(rowid ORDER BY rowid) OVER w AS first_row
+            FROM recs WHERE prompt IS NOT NULL WINDOW w AS (PARTITION BY q_hash)
+        ) WHERE prompt <> first_prompt ORDER BY rowid
+        """
+    ).fetchall()
+    stored = con.execute(  # the store's own copy of the query (an earlier ingest) has its prompt already
+        """
+        SELECT r.rowid, q.prompt, q.dataset FROM recs r JOIN queries q ON q.query_id = substr(r.q_hash, 1, 16)
+        WHERE r.prompt IS NOT NULL AND q.prompt IS DISTINCT FROM r.prompt ORDER BY r.rowid
+        """
+    ).fetchall()
+    if not bad and not stored:
+        return 0
+    lines = src.lines(sorted({r for row in bad for r in row} | {row for row, _, _ in stored}))
+    problems = []
+    for row, first_row in bad:
+        first = lines.get(first_row)
+        seen = f"line {first}" if first else f"record {first_row + 1}"
+        problems.append(Problem(lines.get(row), field, f"the same query was given another prompt on {seen}: a query "
+                                                       "is stored once, with one prompt", position=row))
+    for row, prompt, dataset in stored:
+        held = f"prompt {prompt[:80]!r}" if prompt is not None else "no prompt"
+        problems.append(Problem(lines.get(row), field, f"the store already holds this query (dataset {dataset!r}) "
+                                                       f"with {held}: a query is stored once, with one prompt",
+                                position=row))
+    problems = list({p.position: p for p in sorted(problems, key=lambda p: p.position, reverse=True)}.values())
+    problems.sort(key=lambda p: p.position)  # one problem per record
+    bad = [(p.position, 0) for p in problems]
+    if rejects is None:
+        raise IngestError(src.where(problems[0]), field, problems[0].message, more=len(problems) - 1)
+    raws = diagnose.lines_at(src.path, {p.line for p in problems if p.line}) if src.kind == "jsonl" else {}
+    for p in problems:
+        rejects.add(src.path, p.line if p.line is not None else p.position + 1, p.field, p.message, raws.get(p.line))
+    con.execute(f"DELETE FROM recs WHERE rowid IN ({', '.join(str(row) for row, _ in bad)})")
+    if not con.execute("SELECT count(*) FROM recs").fetchone()[0]:
+        raise IngestError(str(src.path), None, f"no valid records (reasons in {rejects.path})")
+    return len(bad)
+
+
+def every_query_has_a_positive(con: duckdb.DuckDBPyConnection, src: Source, field: str, rejects: Rejects | None) -> int:
+    """Labeled inputs: a query none of whose documents is labelled 1 has nothing to audit its negatives against; its
+    records are refused (with `rejects`: reported and left out), naming its first line. Returns the records left out."""
+    bad = con.execute(
+        "SELECT rowid FROM recs WHERE q_hash IN (SELECT q_hash FROM recs GROUP BY q_hash HAVING sum(len(pos)) = 0) "
+        "ORDER BY rowid"
+    ).fetchall()
+    if not bad:
+        return 0
+    rows = [r for (r,) in bad]
+    lines = src.lines(rows)
+    message = "no positive: none of this query's documents is labelled 1 in this file"
+    problems = [Problem(lines.get(r), field, message, position=r) for r in rows]
+    if rejects is None:
+        raise IngestError(src.where(problems[0]), field, message, more=len(problems) - 1)
+    raws = diagnose.lines_at(src.path, {p.line for p in problems if p.line}) if src.kind == "jsonl" else {}
+    for p in problems:
+        rejects.add(src.path, p.line if p.line is not None else p.position + 1, p.field, p.message, raws.get(p.line))
+    con.execute(f"DELETE FROM recs WHERE rowid IN ({', '.join(map(str, rows))})")
+    if not con.execute("SELECT count(*) FROM recs").fetchone()[0]:
+        raise IngestError(str(src.path), None, f"no valid records (reasons in {rejects.path})")
+    return len(rows)

@@ -25,6 +25,8 @@ ID = "id"  # a non-blank string or a 64-bit integer, at most MAX_ID_CHARS long
 TEXT_LIST = "text_list"  # a non-empty list of TEXT
 TEXT_LIST_OR_EMPTY = "text_list_or_empty"  # a list of TEXT, possibly empty (FlagEmbedding `neg`)
 NUMBER_LIST = "number_list"  # a list of finite numbers within MAX_ABS_SCORE (teacher scores)
+LABEL = "label"  # a relevance label: 1 (positive) or 0 (negative); true/false, and "1"/"0" as CSV cells hold them
+LABEL_LIST = "label_list"  # a non-empty list of LABEL
 
 #: The separator between field name and message in the SQL problem column.
 SEP = "\x1f"
@@ -95,6 +97,20 @@ _ITEMS_IN_RANGE = Rule(
     f"{_OUT_OF_RANGE} > 0",
     f"'item ' || {_OUT_OF_RANGE} || {lit(f' is NaN, infinite or beyond ±{MAX_ABS_SCORE:,.0f}')}",
 )
+#: The values a label may take, as json_extract_string renders them; the first two mean positive.
+LABEL_VALUES = ("1", "true", "0", "false")
+_LABEL_SET = "(" + ", ".join(map(lit, LABEL_VALUES)) + ")"
+_IS_LABEL = Rule(
+    f"json_type({{v}}) NOT IN ('BIGINT', 'UBIGINT', 'BOOLEAN', 'VARCHAR') OR json_extract_string({{v}}, '$') "
+    f"NOT IN {_LABEL_SET}",
+    "'expected a label 0 or 1, got ' || left(json_extract_string({v}, '$'), 50)",
+)
+_NOT_LABEL = _first_item("json_extract_string({v}, '$[*]')", f"x NOT IN {_LABEL_SET}")
+_ITEMS_LABELS = Rule(
+    f"{_NOT_LABEL} > 0",
+    f"'expected a list of labels 0 or 1, but item ' || {_NOT_LABEL} || ' is ' || "
+    f"left(json_extract_string({{v}}, '$[*]')[{_NOT_LABEL}], 50)",
+)
 _IS_ID = Rule(
     "json_type({v}) NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT')",
     "'expected a string or an integer that fits in 64 bits, got ' || " + _type_name("json_type({v})"),
@@ -111,6 +127,8 @@ RULES: dict[str, list[Rule]] = {
     TEXT_LIST: [_IS_LIST, _NOT_EMPTY, _ITEMS_STRINGS, _ITEMS_NOT_BLANK],
     TEXT_LIST_OR_EMPTY: [_IS_LIST, _ITEMS_STRINGS, _ITEMS_NOT_BLANK],
     NUMBER_LIST: [_IS_LIST, _ITEMS_NUMBERS, _ITEMS_IN_RANGE],
+    LABEL: [_IS_LABEL],
+    LABEL_LIST: [_IS_LIST, _NOT_EMPTY, _ITEMS_LABELS],
 }
 
 
@@ -127,10 +145,19 @@ def _problem(field: str, message_sql: str) -> str:
     return f"{lit(field + SEP)} || coalesce({message_sql}, 'invalid value')"
 
 
-def problem_sql(fields: list[Field], same_length: list[tuple[str, str]] | None = None) -> str:
+def _count(key: str) -> str:
+    """How many texts field `key` holds: 0 when missing, its length when a list, else 1."""
+    col = quote(key)
+    return (f"(CASE WHEN {_missing(col)} THEN 0 WHEN json_type({col}) = 'ARRAY' THEN json_array_length({col}) "
+            "ELSE 1 END)")
+
+
+def problem_sql(fields: list[Field], same_length: list[tuple[str | tuple[str, ...], str]] | None = None) -> str:
     """One SQL expression per record: NULL when every field is valid, else ``field<SEP>message`` of the first problem.
 
-    `same_length` lists (texts, scores) pairs of list fields that must be equally long when both are present.
+    `same_length` lists (texts, scores) pairs of list fields that must be equally long when both are present; texts
+    may be a tuple of keys whose texts are counted together (mine_hard_negatives' one `scores` list: the positive's
+    score, then each negative's).
     """
     whens = []
     size = " + ".join(f"coalesce(strlen({quote(f.name)}::VARCHAR), 0)" for f in fields)
@@ -147,6 +174,16 @@ def problem_sql(fields: list[Field], same_length: list[tuple[str, str]] | None =
             when, message = (sql.replace("{v}", col) for sql in (rule.when, rule.message))
             whens.append((f"{guard}coalesce({when}, true)", _problem(f.name, message)))
     for texts, scores in same_length or []:
+        if isinstance(texts, tuple):
+            s, n_t = quote(scores), " + ".join(_count(k) for k in texts)
+            n_s = f"json_array_length({s})"
+            named = ", ".join(map(repr, texts[:4])) + (", ..." if len(texts) > 4 else "")
+            whens.append((
+                f"NOT {_missing(s)} AND coalesce({n_s} <> ({n_t}), true)",
+                _problem(scores, f"'has ' || {n_s} || ' values for ' || ({n_t}) || "
+                                 f"{lit(f' texts of {named}: one score per text, in that order')}"),
+            ))
+            continue
         t, s = quote(texts), quote(scores)
         n_t, n_s = f"json_array_length({t})", f"json_array_length({s})"
         whens.append((

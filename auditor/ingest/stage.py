@@ -30,6 +30,8 @@ def pair_projection(layout: PairLayout) -> str:
     def text(k: str) -> str:
         return f"json_extract_string({quote(k)}, '$')"
 
+    if layout.labels:
+        return _labeled_projection(layout, text)
     pos = f"TRY_CAST({quote(layout.positives)} AS VARCHAR[])" if layout.positives_is_list else f"[{text(layout.positives)}]"
     if layout.negatives_is_list:
         neg = f"coalesce(TRY_CAST({quote(layout.negatives[0])} AS VARCHAR[]), [])"
@@ -39,10 +41,41 @@ def pair_projection(layout: PairLayout) -> str:
         neg_rank = "[" + ", ".join(map(str, layout.negative_ranks)) + "]::BIGINT[]" if layout.negative_ranks else "NULL::BIGINT[]"
     pos_scores = f"TRY_CAST({quote(layout.pos_scores)} AS DOUBLE[])" if layout.pos_scores else "NULL::DOUBLE[]"
     neg_scores = f"TRY_CAST({quote(layout.neg_scores)} AS DOUBLE[])" if layout.neg_scores else "NULL::DOUBLE[]"
+    if layout.scores:  # one list: the positive's score, then each present negative's, in key order
+        all_scores = f"TRY_CAST({quote(layout.scores)} AS DOUBLE[])"
+        pos_scores = f"{all_scores}[1:1]"
+        if layout.negatives_is_list:
+            neg_scores = f"{all_scores}[2:]"
+        else:  # numbered negatives a record may lack: each present one takes the next score
+            present = [f"(CASE WHEN {text(k)} IS NULL THEN 0 ELSE 1 END)" for k in layout.negatives]
+            neg_scores = "[" + ", ".join(
+                f"CASE WHEN {text(k)} IS NULL THEN NULL ELSE {all_scores}[1 + {' + '.join(present[:i + 1])}] END"
+                for i, k in enumerate(layout.negatives)) + "]"
     prompt = text(layout.prompt) if layout.prompt else "NULL::VARCHAR"
     return (
         f"md5({text(layout.query)}) AS q_hash, {text(layout.query)} AS query, {pos} AS pos, {neg} AS neg, "
         f"{neg_rank} AS neg_rank, {pos_scores} AS pos_scores, {neg_scores} AS neg_scores, {prompt} AS prompt"
+    )
+
+
+def _labeled_projection(layout: PairLayout, text) -> str:
+    """labeled-pair / labeled-list: the documents labelled 1 are the positives, those labelled 0 the negatives (in
+    their order: a labeled-list's negatives are ranked, as mine_hard_negatives writes them hardest first)."""
+    positive = "x IN ('1', 'true')"
+    if layout.format == "labeled-list":
+        docs = f"TRY_CAST({quote(layout.positives)} AS VARCHAR[])"
+        labels = f"json_extract_string({quote(layout.labels)}, '$[*]')"
+        pick = f"[{docs}[i] for i in range(1, len({docs}) + 1) if {{cond}}]"
+        pos = pick.format(cond=positive.replace("x", f"{labels}[i]"))
+        neg = pick.format(cond="NOT " + positive.replace("x", f"{labels}[i]"))
+    else:
+        label = f"json_extract_string({quote(layout.labels)}, '$')"
+        pos = f"CASE WHEN {positive.replace('x', label)} THEN [{text(layout.positives)}] ELSE []::VARCHAR[] END"
+        neg = f"CASE WHEN {positive.replace('x', label)} THEN []::VARCHAR[] ELSE [{text(layout.positives)}] END"
+    prompt = text(layout.prompt) if layout.prompt else "NULL::VARCHAR"
+    return (
+        f"md5({text(layout.query)}) AS q_hash, {text(layout.query)} AS query, {pos} AS pos, {neg} AS neg, "
+        f"NULL::BIGINT[] AS neg_rank, NULL::DOUBLE[] AS pos_scores, NULL::DOUBLE[] AS neg_scores, {prompt} AS prompt"
     )
 
 
@@ -55,7 +88,7 @@ def stage_pairs(con: duckdb.DuckDBPyConnection, layout: PairLayout) -> None:
     `recs`, once each, by their first pointer. Staging full texts cost a second and third copy of the whole input,
     spilled to disk under the memory ceiling (bench/scale.py).
     """
-    ranked = layout.negatives_is_list or bool(layout.negative_ranks)
+    ranked = layout.negatives_is_list or bool(layout.negative_ranks) or layout.format == "labeled-list"
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE s_queries AS

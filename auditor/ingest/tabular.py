@@ -14,8 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from auditor.ingest.errors import IngestError
+from auditor.ingest.limits import MAX_RECORD_BYTES
 from auditor.sql import lit
 
+#: Longest CSV line (record) DuckDB is told to read: the record limit, plus room for quoting (a cell's quotes are
+#: doubled) and for columns ingest does not read. A longer record is refused by DuckDB, a record within it but over
+#: MAX_RECORD_BYTES by the rule table, both naming its line. DuckDB's own default (2 MiB) broke README's promise.
+MAX_CSV_LINE_BYTES = 2 * MAX_RECORD_BYTES + (1 << 20)
 
 
 class _Dialect(csv.Dialect):
@@ -39,6 +44,8 @@ class BrokenRecord(Exception):
 def _records(path: Path, ends: bool = False) -> Iterator[tuple[int, list[str]]] | Iterator[tuple[int, int, list[str]]]:
     """(first line, cells) of every CSV record (with `ends`: (first line, last line, cells)), blank lines skipped;
     raises BrokenRecord or UnicodeDecodeError."""
+    if csv.field_size_limit() < MAX_CSV_LINE_BYTES:  # the csv module's default stops at 128 KiB cells
+        csv.field_size_limit(MAX_CSV_LINE_BYTES)
     with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh, _Dialect)
         start = 1
@@ -82,7 +89,8 @@ def tabular_source(path: Path, columns: list[str]) -> str:
     spec = ", ".join(f"{lit(c)}: 'VARCHAR'" for c in columns)
     return (
         f"read_csv({lit(str(path))}, header = true, auto_detect = false, columns = {{{spec}}}, delim = ',', "
-        "quote = '\"', escape = '\"', strict_mode = true, null_padding = false)"
+        "quote = '\"', escape = '\"', strict_mode = true, null_padding = false, "
+        f"max_line_size = {MAX_CSV_LINE_BYTES})"
     )
 
 
@@ -122,3 +130,69 @@ def first_broken_record(path: Path, n_columns: int) -> tuple[int, str] | None:
             return line, (f"line ends with {names[endings[end - 1]]} but the header with {names.get(style, style)}: "
                           "one file, one line-end style")
     return None
+
+
+def parquet_columns_sql(path: Path, keys: list[str], present: set[str]) -> dict[str, str]:
+    """How each read column of a Parquet file becomes the JSON the rule table checks, for the columns whose Parquet
+    type is not JSON-ready: binary (``datasets`` and other writers store texts as bytes) is decoded as UTF-8, and a
+    value that is not UTF-8 is refused naming its row; a date, time or timestamp column where ingest reads texts or
+    scores is refused (DuckDB would otherwise store ``caf\\xC3\\xA9`` or ``2024-05-01 12:00:00`` as a text)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    out: dict[str, str] = {}
+    for key in keys:
+        if key not in present:
+            continue
+        typ = schema.field(key).type
+        inner = typ.value_type if pa.types.is_list(typ) or pa.types.is_large_list(typ) else typ
+        if pa.types.is_temporal(inner):
+            row = _first_non_null_row(path, key)
+            raise IngestError(f"{path}:row {row}", key, f"a {inner} value where a text is expected: write the column "
+                                                        "as strings")
+        if pa.types.is_binary(inner) or pa.types.is_large_binary(inner) or pa.types.is_fixed_size_binary(inner):
+            _refuse_non_utf8(path, key)
+            col = '"' + key.replace('"', '""') + '"'
+            out[key] = (f"to_json(decode({col}))" if inner is typ
+                        else f"to_json(list_transform({col}, lambda x: decode(x)))")
+    return out
+
+
+def _first_non_null_row(path: Path, key: str) -> int:
+    import pyarrow.parquet as pq
+
+    offset = 0
+    for batch in pq.ParquetFile(path).iter_batches(columns=[key]):
+        column = batch.column(0)
+        if column.null_count < len(column):
+            return offset + next(i for i, v in enumerate(column.is_valid().to_pylist()) if v) + 1
+        offset += len(column)
+    return 1
+
+
+def _refuse_non_utf8(path: Path, key: str) -> None:
+    """The first value of binary column `key` (or item of a binary list) that is not UTF-8, refused with its row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    offset = 0
+    for batch in pq.ParquetFile(path).iter_batches(columns=[key]):
+        column = batch.column(0)
+        flat = column.flatten() if pa.types.is_list(column.type) or pa.types.is_large_list(column.type) else column
+        try:
+            flat.cast(pa.large_string())
+        except pa.ArrowInvalid:
+            for i, value in enumerate(column.to_pylist()):
+                items = value if isinstance(value, list) else [value]
+                for n, item in enumerate(items, start=1):
+                    if item is None:
+                        continue
+                    try:
+                        item.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        what = f"item {n} is " if isinstance(value, list) else ""
+                        raise IngestError(f"{path}:row {offset + i + 1}", key,
+                                          f"{what}not valid UTF-8 (byte {item[exc.start]:#04x} at byte "
+                                          f"{exc.start + 1}): binary texts must be UTF-8") from None
+        offset += len(column)
