@@ -378,3 +378,19 @@ def test_a_prompt_differing_from_the_stored_querys_is_refused(store, tmp_path):
         ingest_path(store, other)
     assert str(err.value).startswith(f"{other}:2: field 'prompt'") and "'a: '" in str(err.value)
     assert store.execute("SELECT count(*) FROM queries").fetchall()[0][0] == 1
+
+
+def test_a_blank_prompt_is_no_prompt(store, tmp_path):
+    """FlagEmbedding reads "" as "no instruction": a line with a blank prompt keeps the query's prompt, in the file
+    and against the store (bench/fuzz.py found a valid variant refused for it)."""
+    instruction = "Represent this sentence for searching relevant passages: "
+    first = _jsonl(tmp_path / "a.jsonl", [{"query": "lift of a wing", "pos": ["lift"], "neg": ["drag"],
+                                           "prompt": instruction}])
+    ingest_path(store, first)
+    again = _jsonl(tmp_path / "b.jsonl", [{"query": "lift of a wing", "pos": ["lift"], "neg": ["more drag"],
+                                           "prompt": ""},
+                                          {"query": "lift of a wing", "pos": ["lift"], "neg": ["form drag"],
+                                           "prompt": " "}])
+    s = ingest_path(store, again)
+    assert s.candidates == 2
+    assert store.execute("SELECT prompt FROM queries").fetchall() == [(instruction,)]

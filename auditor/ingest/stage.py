@@ -19,7 +19,8 @@ from auditor.ingest.errors import IngestError
 from auditor.ingest.formats import PairLayout
 from auditor.ingest.limits import GRADE_RANGE
 from auditor.ingest.read import Problem, Rejects
-from auditor.ingest.rules import ID, Field, problem_sql, quote, split_problem
+from auditor.ingest.rules import BLANK_RE, ID, Field, problem_sql, quote, split_problem
+from auditor.sql import lit
 
 # --------------------------------------------------------------------------------------------------------------
 # Pair formats: FlagEmbedding, sentence-transformers triplets and n-tuples
@@ -51,28 +52,39 @@ def pair_projection(layout: PairLayout) -> str:
             neg_scores = "[" + ", ".join(
                 f"CASE WHEN {text(k)} IS NULL THEN NULL ELSE {all_scores}[1 + {' + '.join(present[:i + 1])}] END"
                 for i, k in enumerate(layout.negatives)) + "]"
-    prompt = text(layout.prompt) if layout.prompt else "NULL::VARCHAR"
+    prompt = _prompt(layout, text)
     return (
         f"md5({text(layout.query)}) AS q_hash, {text(layout.query)} AS query, {pos} AS pos, {neg} AS neg, "
         f"{neg_rank} AS neg_rank, {pos_scores} AS pos_scores, {neg_scores} AS neg_scores, {prompt} AS prompt"
     )
 
 
+def _prompt(layout: PairLayout, text) -> str:
+    """A record's prompt; a blank one is no prompt (the query keeps the prompt it has, or none): FlagEmbedding reads
+    "" as "no instruction", and the store keeps one prompt per query."""
+    if not layout.prompt:
+        return "NULL::VARCHAR"
+    value = text(layout.prompt)
+    return f"CASE WHEN regexp_full_match({value}, {lit(BLANK_RE)}) THEN NULL ELSE {value} END"
+
+
 def _labeled_projection(layout: PairLayout, text) -> str:
     """labeled-pair / labeled-list: the documents labelled 1 are the positives, those labelled 0 the negatives (in
     their order: a labeled-list's negatives are ranked, as mine_hard_negatives writes them hardest first)."""
-    positive = "x IN ('1', 'true')"
+    def positive(label_sql: str) -> str:
+        return f"{label_sql} IN ('1', 'true')"
+
     if layout.format == "labeled-list":
         docs = f"TRY_CAST({quote(layout.positives)} AS VARCHAR[])"
         labels = f"json_extract_string({quote(layout.labels)}, '$[*]')"
         pick = f"[{docs}[i] for i in range(1, len({docs}) + 1) if {{cond}}]"
-        pos = pick.format(cond=positive.replace("x", f"{labels}[i]"))
-        neg = pick.format(cond="NOT " + positive.replace("x", f"{labels}[i]"))
+        pos = pick.format(cond=positive(f"{labels}[i]"))
+        neg = pick.format(cond="NOT " + positive(f"{labels}[i]"))
     else:
         label = f"json_extract_string({quote(layout.labels)}, '$')"
-        pos = f"CASE WHEN {positive.replace('x', label)} THEN [{text(layout.positives)}] ELSE []::VARCHAR[] END"
-        neg = f"CASE WHEN {positive.replace('x', label)} THEN []::VARCHAR[] ELSE [{text(layout.positives)}] END"
-    prompt = text(layout.prompt) if layout.prompt else "NULL::VARCHAR"
+        pos = f"CASE WHEN {positive(label)} THEN [{text(layout.positives)}] ELSE []::VARCHAR[] END"
+        neg = f"CASE WHEN {positive(label)} THEN []::VARCHAR[] ELSE [{text(layout.positives)}] END"
+    prompt = _prompt(layout, text)
     return (
         f"md5({text(layout.query)}) AS q_hash, {text(layout.query)} AS query, {pos} AS pos, {neg} AS neg, "
         f"NULL::BIGINT[] AS neg_rank, NULL::DOUBLE[] AS pos_scores, NULL::DOUBLE[] AS neg_scores, {prompt} AS prompt"
