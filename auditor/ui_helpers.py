@@ -345,6 +345,39 @@ class PathRefused(ValueError):
     """A server path the app will not read (outside the data root, a special file, too large)."""
 
 
+#: A Hugging Face hub id, `name` or `org/name` (loaded from the local model cache, not from a folder one names).
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def check_model_field(value: str, root: Path) -> str:
+    """What the Load page's model field may hand to mining: the shipped model's names, a model folder inside the
+    data root (given relative to it or absolute; returned as an absolute path), or a hub id that names no folder.
+    Anything else that names a server folder is refused, as server paths for ingest are (auditor.embed would load
+    whatever folder it is given)."""
+    from auditor.embed import _DEFAULT_ALIASES
+
+    value = (value or "").strip()
+    if value in _DEFAULT_ALIASES:
+        return value
+    root = Path(root).resolve()
+    where = f"model folders must lie inside the data root {root}"
+    if not value:
+        raise PathRefused(f"give a model name; {where}")
+    raw = Path(value).expanduser()
+    target = (raw if raw.is_absolute() else root / raw).resolve()
+    if target.exists():
+        if target != root and root not in target.parents:
+            raise PathRefused(f"{where}: {value} is outside it")
+        if not target.is_dir():
+            raise PathRefused(f"{value} is a file: give the model's folder (inside the data root)")
+        return str(target)
+    if raw.is_absolute() or value.startswith((".", "~")) or ".." in value or not _HUB_ID.fullmatch(value):
+        raise PathRefused(f"{where}: there is no folder {value} in it")
+    if Path(value).exists():  # relative to the app's working folder, which mining would read as a model folder
+        raise PathRefused(f"{where}: {value} names a folder outside it")
+    return value
+
+
 def check_server_path(path: str, root: Path, max_bytes: int) -> Path:
     """The resolved ``path`` if the app may ingest it: inside ``root`` (after following links), a regular file or a
     folder of regular files, each under ``max_bytes`` and all together under ``4 * max_bytes``."""
@@ -421,12 +454,18 @@ def set_guidelines(con: duckdb.DuckDBPyConnection, text: str) -> None:
     con.execute("INSERT OR REPLACE INTO meta VALUES ('guidelines', ?)", [text or ""])
 
 
-_MD_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
-_MD_REF_IMAGE = re.compile(r"!\[([^\]]*)\]\[[^\]]*\]")
+#: The plain forms, ![alt](url) and ![alt][ref], shown as their alt text.
+_MD_IMAGE = re.compile(r"!\[([^\]\[\\]*)\]\([^)]*\)")
+_MD_REF_IMAGE = re.compile(r"!\[([^\]\[\\]*)\]\[[^\]]*\]")
+#: Every Markdown image starts with "![" (inline, nested in a link, reference, collapsed or shortcut reference);
+#: no other syntax makes one (raw HTML stays text in st.markdown).
+_MD_IMAGE_OPENER = re.compile(r"!(?=\[)")
 
 
 def safe_markdown(text: str) -> str:
-    """The lead's guidelines as Markdown the app may render: images become their alt text (the app never fetches
-    anything a user names), and raw HTML stays text (st.markdown escapes it)."""
-    text = _MD_IMAGE.sub(lambda m: m.group(1), text or "")
-    return _MD_REF_IMAGE.sub(lambda m: m.group(1), text)
+    """The lead's guidelines as Markdown the app may render, with no image in any form (the app never fetches
+    anything a user names). Plain images become their alt text; then the "!" of every "![" left (and of any the first
+    step made) becomes the character reference "&#33;", which shows as "!" but can never start syntax, so what
+    would have been an image is a plain link or text. Raw HTML stays text (st.markdown escapes it)."""
+    text = _MD_REF_IMAGE.sub(lambda m: m.group(1), _MD_IMAGE.sub(lambda m: m.group(1), text or ""))
+    return _MD_IMAGE_OPENER.sub("&#33;", text)

@@ -47,6 +47,9 @@ _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="auditor-prefetch",
 #: compete for the CPU); an annotator reads an item for longer than this.
 PREFETCH_DELAY_S = 0.3
 
+#: The count of what is left in the queue stops here ("over N"): counting is a queue query, bounded on big stores.
+LEFT_CAP = 10_000
+
 #: Leases are renewed at most this often by page views (each claim and verdict renews them as well).
 RENEW_EVERY_S = 60.0
 
@@ -79,6 +82,7 @@ class Worklist:
         self._progress_fn, self.progress = progress, None
         self._new_verdicts = 0
         self.judged_here = 0  #: verdicts given through this worklist (this browser session)
+        self.left: int | None = None  #: items left in this queue for this annotator (LEFT_CAP + 1: more than the cap)
         self.batch, self.low, self.ttl, self.key = batch, low, ttl, key
         self._lock = threading.RLock()
         self.items: list[dict[str, Any]] = []  #: held, in order; items[0] is on screen
@@ -133,6 +137,14 @@ class Worklist:
                 self.serial = next(_SERIALS)
         self._renewed = time.time()
 
+    def count_left(self, con: duckdb.DuckDBPyConnection | None = None) -> int:
+        """Items left in this queue for this annotator (those held here included), up to LEFT_CAP + 1."""
+        kw = {k: v for k, v in self.queue_kw.items() if k != "skip"}
+        n = len(queue.build_queue(con or self._cursor(), annotator=self.annotator, limit=LEFT_CAP + 1,
+                                  skip=list(self._finished), stale_ok=True, **kw))
+        self.left = n
+        return n
+
     # ---- context -----------------------------------------------------------------------------------------------
     def context(self, item: dict[str, Any]) -> dict[str, Any]:
         """The item's context: prefetched when possible, else computed now (and kept for the next page runs)."""
@@ -169,6 +181,8 @@ class Worklist:
         with self._lock:
             self._new_verdicts += 1
             self.judged_here += 1
+            if self.left is not None and self.left <= LEFT_CAP:  # shown at once; recounted in the background
+                self.left = max(0, self.left - 1)
             if isinstance(self.progress, dict):  # shown at once; recounted in the background
                 self.progress = {**self.progress, "done": self.progress["done"] + 1,
                                  "mine": self.progress["mine"] + 1}
@@ -253,6 +267,7 @@ class Worklist:
             model, config = self._resolved
             if self._progress_fn is not None and model and (new or self.progress is None):
                 self.progress = self._progress_fn(con, model, config)
+                self.count_left(con)
             if new and self._after_verdicts is not None and model:
                 self._after_verdicts(con, model)
             self.error = None
@@ -261,6 +276,16 @@ class Worklist:
         finally:
             with self._lock:
                 self._prefetching = False
+
+    def heartbeat(self) -> int:
+        """The open Review page says it is still there: extend what this worklist holds by ``ttl`` from now. A
+        closed tab stops calling this, so its items are free for others within ``ttl``. Returns how many leases."""
+        with self._lock:
+            if self._closed or not self.items:
+                return 0
+        n = queue.renew(self._cursor(), self.annotator, ttl=self.ttl)
+        self._renewed = time.time()
+        return n
 
     def release(self) -> None:
         """Give every held item back (signing out, or another queue choice); this worklist claims nothing after."""

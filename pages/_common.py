@@ -347,6 +347,10 @@ def require(action: str):
     if not user.can(action):
         st.error(f"Your role ({user.role}) cannot open this page.")
         st.stop()
+    if action != "review":  # left the Review page (a lead or admin lands there): give back what it held
+        wl = st.session_state.pop("_worklist", None)
+        if wl is not None:
+            wl.release()
     st.session_state["_viewer"] = user
     return user
 
@@ -370,6 +374,12 @@ def still_signed_in() -> bool:
     return ok
 
 
+#: The app's leases are short and the open Review page renews them every HEARTBEAT_S seconds (pages/review.py): a
+#: closed tab's items are free for others within APP_LEASE_S, not the CLI's 10 minutes (auditor.queue.LEASE_SECONDS).
+APP_LEASE_S = 120
+HEARTBEAT_S = 30
+
+
 def worklist(user, queue_kw: dict):
     """This browser session's review worklist for ``queue_kw`` (auditor.worklist.Worklist); a new queue choice or
     another account gives back what the old one held. After verdicts, in the background, it refits the risk model
@@ -385,7 +395,7 @@ def worklist(user, queue_kw: dict):
             wl.release()
         refit = refitter()
         name = user.name
-        wl = Worklist(store().cursor, name, queue_kw, key=key,
+        wl = Worklist(store().cursor, name, queue_kw, key=key, ttl=APP_LEASE_S,
                       after_verdicts=lambda con, model: refit.notify(model),
                       progress=lambda con, model, config: progress_counts(con, model, config, name))
         ss["_worklist"] = wl
@@ -426,6 +436,9 @@ if (!window.__auditorKeys) {
   const isField = (t) => t && t.tagName && (t.tagName === 'TEXTAREA' || t.tagName === 'SELECT'
     || t.isContentEditable || (t.tagName === 'INPUT' && !['checkbox', 'radio', 'range', 'button', 'submit',
     'file', 'color'].includes(t.type)));
+  // A table (the last-verdicts grid moves and edits cells with letters) or an open menu takes keys itself.
+  const isWidget = (t) => t && t.closest && (t.getAttribute('data-testid') === 'data-grid-canvas'
+    || t.closest('.stDataFrame, .dvn-scroller, [role="grid"], [role="menu"], [role="listbox"], [role="dialog"]'));
   let waiting = null;  // the box whose button a key waits for: later keys, a burst on the same item, do nothing
   const press = (name, since) => {
     const button = document.querySelector('.' + CSS.escape(name) + ' button');
@@ -447,6 +460,10 @@ if (!window.__auditorKeys) {
       }
       return;
     }
+    if (isWidget(t)) {
+      if (e.key === 'Escape') { t.blur(); }
+      return;
+    }
     if (e.ctrlKey || e.metaKey || e.altKey || !e.key || e.key.length !== 1) return;
     const prefixes = REVIEW_KEYS[e.key.toUpperCase()];
     if (!prefixes) return;
@@ -460,6 +477,8 @@ if (!window.__auditorKeys) {
       return;
     }
   }, true);
+  // ... and Streamlit's own shortcut handler (on the document, after the table has had the key) must not see it.
+  document.body.addEventListener('keydown', (e) => { if (isWidget(e.target)) e.stopPropagation(); });
 }
 </script>""" % json.dumps(REVIEW_KEYS)
 

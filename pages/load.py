@@ -41,11 +41,15 @@ for col, (label, key) in zip(
 ):
     col.metric(label, f"{counts[key]:,}", border=True)
 
-FORMATS = ["auto", "beir", "flag", "triplets", "ntuple"]
+from auditor.ingest.formats import FORMATS as _INGEST_FORMATS  # noqa: E402 - one list for the CLI and this page
+
+FORMATS = ["auto", *_INGEST_FORMATS]
 FORMAT_HELP = (
     "auto: detected from the folder layout or the first record. beir: folder with corpus.jsonl, queries.jsonl, "
     "qrels/<split>.tsv. flag: FlagEmbedding JSONL {query, pos, neg}. triplets: {anchor|query, positive, negative}. "
-    "ntuple: {query, positive, negative_1..n | neg}. JSONL, Parquet or CSV."
+    "ntuple: {query, positive, negative_1..n | neg}. labeled-pair / labeled-list: sentence-transformers' "
+    "mine_hard_negatives labeled outputs (query, document(s), label(s) 0/1). JSONL (also .gz or a JSON array), "
+    "Parquet or CSV."
 )
 
 
@@ -177,16 +181,21 @@ st.caption(
 )
 with st.form("mine"):
     c1, c2 = st.columns([3, 1])
-    model = c1.text_input("Model (sentence-transformers name or local folder)", value=config.DEFAULT_MODEL,
-                          key="mine_model")
+    model = c1.text_input("Model (sentence-transformers name, or a folder inside the data root)",
+                          value=config.DEFAULT_MODEL, key="mine_model")
     depth = c2.number_input("Candidates per query", 1, 1000, config.MineConfig.depth, key="mine_depth")
     go = st.form_submit_button("Mine", type="primary", icon=":material/travel_explore:")
 if go:
     from auditor.mine import mine
+    from auditor.ui_helpers import PathRefused, check_model_field
 
     bar = st.progress(0.0, text="Loading the model…")
     try:
-        summary = mine(ui.cursor(), model.strip(), int(depth), progress=ui.progress_callback(bar))
+        try:
+            model_arg = check_model_field(model, ui.data_root())  # a folder outside the data root is refused
+        except PathRefused as exc:
+            raise ValueError(f"Not mined: {exc}.") from None
+        summary = mine(ui.cursor(), model_arg, int(depth), progress=ui.progress_callback(bar))
     except (StoreError, ValueError, OSError) as exc:
         bar.empty()
         st.error(ui.md(str(exc)))

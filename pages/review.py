@@ -138,6 +138,15 @@ st.html("""<style>
 .ad-h {font-size: 1.35rem; font-weight: 700;} .ad-prog {margin-left: auto; color: #5B6170; font-size: .85rem;}
 .ad-last {color: #166534; font-size: .85rem;}
 .ad-pair {display: grid; grid-template-columns: 1fr 1fr; gap: .75rem; margin-top: .6rem;}
+@media (max-width: 640px) {
+  /* A phone: Streamlit stacks the columns, so the texts would push the verdict buttons below the fold. */
+  .ad-pair {grid-template-columns: 1fr;}
+  .st-key-verdict_bar {position: fixed; left: 0; right: 0; bottom: 0; z-index: 100; background: #fff;
+    padding: .45rem .6rem; border-top: 1px solid #DDE0E8; flex-direction: row !important;}
+  .st-key-verdict_bar > div {flex: 1 1 0; min-width: 0;}
+  .st-key-verdict_bar button p {font-size: .8rem;}
+  [data-testid='stMainBlockContainer'] {padding-bottom: 5rem;}
+}
 </style>""")
 
 BAND_TAGS = {b: (f"ad-{b}", ui.BAND_LABELS[b]) for b in ui.BAND_LABELS}
@@ -262,10 +271,11 @@ def item_area() -> None:
         _whole(cand["text"], "candidate", f"whole_cand_{serial}")
         _others(ctx)
     with right:
-        for verdict, kind in (("false_negative", "primary"), ("true_negative", "secondary"),
-                              ("unsure", "secondary")):
-            st.button(VERDICT_LABELS[verdict], **ui.review_button(verdict, serial), type=kind, on_click=_verdict,
-                      args=(verdict, q, d, serial), width="stretch")
+        with st.container(key="verdict_bar", gap="small"):  # on a phone: pinned to the bottom of the screen (CSS)
+            for verdict, kind in (("false_negative", "primary"), ("true_negative", "secondary"),
+                                  ("unsure", "secondary")):
+                st.button(VERDICT_LABELS[verdict], **ui.review_button(verdict, serial), type=kind,
+                          on_click=_verdict, args=(verdict, q, d, serial), width="stretch")
         b1, b2 = st.columns(2)
         b1.button("Skip", **ui.review_button("skip", serial), on_click=_skip, args=(q, d, serial),
                   width="stretch", help="set it aside: it leaves your queue until you bring it back")
@@ -285,10 +295,15 @@ def _progress() -> str:
         from auditor.ui_helpers import progress_counts
 
         p = wl.progress = progress_counts(con, model, config_name, user.name)
+    if wl.left is None:
+        wl.count_left(ui.cursor())
     # Not "N of every candidate": the queue asks about a small part of them (what would change the export), so that
-    # denominator only discourages. This session, this annotator, the team.
-    return (f"This session: {wl.judged_here:,} judged · you: {p['mine']:,} in all · team: {p['done']:,} items "
-            "judged")
+    # denominator only discourages. What is left in this queue; this session, this annotator, the team.
+    from auditor.worklist import LEFT_CAP
+
+    left = f"over {LEFT_CAP:,}" if wl.left > LEFT_CAP else f"{wl.left:,}"
+    return (f"{left} left in this queue · this session: {wl.judged_here:,} judged · you: {p['mine']:,} in all · "
+            f"team: {p['done']:,} items judged")
 
 
 def _why(ctx: dict, cand: dict, cfg) -> str:
@@ -351,5 +366,15 @@ def _below() -> None:
                 )
 
 
+@st.fragment(run_every=ui.HEARTBEAT_S)
+def _heartbeat() -> None:
+    """While this tab is open, keep its items held (short leases: a closed tab's items are soon free again)."""
+    try:
+        wl.heartbeat()
+    except Exception:  # noqa: BLE001 - a missed beat only shortens the lease; the next one or a verdict renews it
+        pass
+
+
 item_area()
 _below()
+_heartbeat()

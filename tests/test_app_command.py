@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -69,11 +70,13 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split()[2] == "Z")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_stopping_auditor_app_stops_streamlit(handbuilt_store_path, tmp_path, sig):
+@contextmanager
+def _running_app(db: Path):
+    """`auditor app --db db` on a free port, once it answers its health check; yields (process, port). Killed after
+    the block if it is still running."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "auditor", "app", "--db", str(handbuilt_store_path),
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "auditor", "app", "--db", str(db), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 90
         while True:
@@ -84,19 +87,48 @@ def test_stopping_auditor_app_stops_streamlit(handbuilt_store_path, tmp_path, si
                 pass
             assert proc.poll() is None and time.time() < deadline, "the app did not start"
             time.sleep(0.3)
-        (child,) = _children(proc.pid)
-        proc.send_signal(sig)
-        assert proc.wait(timeout=30) == 0
-        for _ in range(50):
-            if not _alive(child):
-                break
-            time.sleep(0.2)
-        assert not _alive(child), "streamlit is still running after auditor app stopped"
-        with pytest.raises(OSError):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+        yield proc, port
     finally:
         if proc.poll() is None:
             proc.kill()
+        proc.wait(timeout=30)
+
+
+def _gone(pid: int) -> bool:
+    for _ in range(100):
+        if not _alive(pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_auditor_app_stops_streamlit(handbuilt_store_path, tmp_path, sig):
+    with _running_app(handbuilt_store_path) as (proc, port):
+        (child,) = _children(proc.pid)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0
+        assert _gone(child), "streamlit is still running after auditor app stopped"
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's prctl")
+def test_kill_9_of_auditor_app_stops_streamlit_and_frees_the_store(handbuilt_store_path):
+    """`kill -9` gives `auditor app` no chance to stop its child: Streamlit must notice by itself, or it keeps the
+    store locked and every later command fails."""
+    from auditor.store import open_store
+
+    with _running_app(handbuilt_store_path) as (proc, _port):
+        (child,) = _children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        try:
+            assert _gone(child), "streamlit is still running after auditor app was killed"
+        finally:
+            if _alive(child):
+                os.kill(child, signal.SIGKILL)
+    open_store(handbuilt_store_path).close()  # the store is free again
 
 
 def test_uploads_are_capped_where_config_readme_and_page_agree():
@@ -111,3 +143,27 @@ def test_uploads_are_capped_where_config_readme_and_page_agree():
     readme = (root / "README.md").read_text()
     assert f"`server.maxUploadSize` ({mb} MB" in readme
     assert re.search(rf"client_max_body_size {mb}m;", readme)
+
+
+def _handshake(port: int, host: str) -> str:
+    """The status line Streamlit answers to a WebSocket upgrade of its session stream, asked for under `host`."""
+    import base64
+
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://{host}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request.encode())
+        return s.recv(4096).decode("latin-1").split("\r\n", 1)[0]
+
+
+def test_a_local_app_refuses_the_session_stream_under_a_foreign_host_name(handbuilt_store_path):
+    """DNS rebinding: a web site's name made to resolve to 127.0.0.1 reaches the port, but its requests carry that
+    name in Host. The session stream (every page, every verdict, every upload goes through it) opens only under
+    a loopback name, whatever page script runs."""
+    with _running_app(handbuilt_store_path) as (_proc, port):
+        for name in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+            assert " 101 " in _handshake(port, name) + " ", name
+        for name in (f"rebind.example:{port}", "rebind.example", f"127.0.0.1.nip.io:{port}", f"localhost.evil:{port}"):
+            status = _handshake(port, name)
+            assert " 101" not in status and status.split()[1] in ("400", "403", "421"), (name, status)

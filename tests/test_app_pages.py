@@ -234,9 +234,10 @@ def test_review_shows_query_positive_candidate_and_why(monkeypatch, handbuilt_st
     labels = {b.label: b.proto.shortcut.upper() for b in at.button if b.proto.shortcut}
     assert labels == {"Relevant — a false negative": "F", "Not relevant": "T", "Unsure": "U", "Skip": "S",
                       "Undo": "Z"}
-    assert "This session: 0 judged · you: 0 in all · team: 0 items judged" in why  # no "of <every candidate>"
+    # what is left in this queue, not "N of <every candidate>"; this session's figures, the annotator's, the team's
+    assert "10 left in this queue · this session: 0 judged · you: 0 in all · team: 0 items judged" in why
     _press(at, "true_negative")
-    assert "This session: 1 judged · you: 1 in all · team: 1 items judged" in _html(at)
+    assert "9 left in this queue · this session: 1 judged · you: 1 in all · team: 1 items judged" in _html(at)
 
 
 def test_the_other_candidates_are_listed_with_their_texts_when_opened(monkeypatch, handbuilt_store_path):
@@ -663,3 +664,129 @@ def test_before_calibration_the_review_screen_shows_no_chance_and_the_clearest_p
     if len(scored) > 1 and ctx.get("candidate", {}).get("rule") != "near_duplicate":
         best = max(scored, key=lambda p: marks[p["doc_id"]]["s_pos"])
         assert html.escape(best["text"][:60]) in _box(at, "positive")
+
+
+def _leases(db: Path) -> list[tuple]:
+    con = duckdb.connect(str(db))
+    try:
+        return con.execute("SELECT annotator, expires_at - claimed_at FROM leases ORDER BY 1").fetchall()
+    finally:
+        con.close()
+
+
+def test_leaving_the_review_page_gives_its_items_back(monkeypatch, tmp_path, handbuilt_store_path):
+    """A lead or admin lands on Review when signing in, then works on other pages: what Review held is given back
+    as soon as another page is shown; Review claims again when shown again."""
+    db = copy_store(handbuilt_store_path, tmp_path / "s.duckdb")
+    _add_users(db, lee="lead")
+    at = _app(monkeypatch, db, user="lee", sign_in=True)
+    assert _current(at) and _leases(db) and {a for a, _ in _leases(db)} == {"lee"}
+    at.switch_page("pages/histograms.py").run()
+    assert not at.exception and _leases(db) == []
+    at.switch_page("pages/review.py").run()
+    assert _current(at) and _leases(db)
+
+
+def test_a_closed_tab_holds_its_items_briefly_and_an_open_one_keeps_them_by_heartbeat(monkeypatch, tmp_path,
+                                                                                    handbuilt_store_path):
+    """Leases taken by the app are short and renewed by the open Review page (a fragment that runs every few
+    seconds): a closed tab stops renewing, so its items are free for others within a couple of minutes."""
+    import time
+
+    from auditor import queue
+    from pages import _common
+
+    db = copy_store(handbuilt_store_path, tmp_path / "s.duckdb")
+    at = _app(monkeypatch, db)
+    lengths = {round(t) for _, t in _leases(db)}
+    assert lengths and max(lengths) <= _common.APP_LEASE_S <= 180
+    assert _common.HEARTBEAT_S * 3 <= _common.APP_LEASE_S
+    wl = _wl(at)
+    before = wl._renewed
+    time.sleep(0.01)
+    assert wl.heartbeat() > 0 and wl._renewed > before and wl.lease_live()
+    con = duckdb.connect(str(db))
+    try:
+        (left,) = con.execute("SELECT min(expires_at) FROM leases").fetchone()
+    finally:
+        con.close()
+    assert left > time.time() + _common.APP_LEASE_S - 30
+    assert queue.LEASE_SECONDS == 600  # the CLI's claims (scripts, `auditor queue --claim`) keep their lease
+
+
+@pytest.mark.parametrize("text", [
+    "![x](http://tracker.example/p.png)",
+    "[![x](http://tracker.example/p.png)](http://example.org)",  # an image inside a link
+    "![x][ref]\n\n[ref]: http://tracker.example/p.png",  # reference style
+    "![ref][]\n\n[ref]: http://tracker.example/p.png",  # collapsed reference
+    "![ref]\n\n[ref]: http://tracker.example/p.png",  # shortcut reference
+    "![a [b] c](http://tracker.example/p.png)",  # brackets in the alt text
+    "![a\\]b](http://tracker.example/p.png)",  # an escaped bracket in the alt text
+    "![x](<http://tracker.example/a b.png>)",
+    "\\\\![x](http://tracker.example/p.png)",  # an escaped backslash before the image
+    "![![a](http://x.example)](http://tracker.example/p.png)",  # removing the inner image leaves an outer one
+    "* ![x](http://tracker.example/p.png 'title (1)')\n> ![y](http://tracker.example/q.png)",
+])
+def test_guidelines_render_no_image_in_any_markdown_form(text):
+    """Rendered as CommonMark (what st.markdown does in the browser): no image element, whatever the syntax."""
+    from markdown_it import MarkdownIt
+
+    from auditor.ui_helpers import safe_markdown
+
+    assert "<img" in MarkdownIt("commonmark").render(text)  # each form is an image as written
+    rendered = MarkdownIt("commonmark").render(safe_markdown(text))
+    assert "<img" not in rendered, rendered
+
+
+def test_the_mine_form_loads_models_only_from_the_data_root_or_by_known_name(monkeypatch, tmp_path):
+    """The model field is a server path too: a folder outside the data root is refused before anything is loaded;
+    the shipped model's names and folders inside the data root are accepted."""
+    import auditor.mine
+    from auditor.store import open_store
+
+    db = tmp_path / "empty.duckdb"
+    open_store(db).close()
+    root = tmp_path / "root"
+    (root / "models" / "mine").mkdir(parents=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (root / "out").symlink_to(outside)
+    monkeypatch.setenv("AUDITOR_DATA_ROOT", str(root))
+    calls = []
+
+    def fake_mine(con, model, depth, **kw):
+        calls.append(model)
+        raise ValueError("stopped here by the test")
+
+    monkeypatch.setattr(auditor.mine, "mine", fake_mine)
+    at = _app(monkeypatch, db, page="pages/load.py")
+    for value in (str(outside), "../elsewhere", "out", "/etc", "~", "./.venv", str(Path.cwd()), "models/../../elsewhere",
+                  "/nonexistent/model", "auditor/commands"):  # the last: a folder beside the app, named like a hub id
+        at.text_input(key="mine_model").input(value)  # a form: the value goes with the submit
+        next(b for b in at.button if b.label == "Mine").click().run()
+        assert not at.exception
+        assert calls == [] and at.error and "data root" in at.error[0].value, value
+    for value, loaded in (("all-MiniLM-L6-v2", "all-MiniLM-L6-v2"),
+                          ("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+                          ("models/mine", str(root / "models" / "mine")),
+                          (str(root / "models" / "mine"), str(root / "models" / "mine"))):
+        at.text_input(key="mine_model").input(value)
+        next(b for b in at.button if b.label == "Mine").click().run()
+        assert calls[-1] == loaded and "stopped here by the test" in at.error[0].value, value
+
+
+def test_the_load_page_states_the_upload_cap_of_the_config(monkeypatch, tmp_path):
+    """What the Load page tells the admin about uploads is the cap in .streamlit/config.toml (which bounds what a
+    signed-out visitor can send too), and that cap is at most 200 MB."""
+    import tomllib
+
+    from auditor.store import open_store
+
+    mb = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"]
+    assert mb <= 200
+    db = tmp_path / "empty.duckdb"
+    open_store(db).close()
+    at = _app(monkeypatch, db, page="pages/load.py")
+    (uploader,) = at.get("file_uploader")
+    assert f"up to {mb:,} MB" in uploader.proto.help
+    assert uploader.proto.max_upload_size_mb == mb

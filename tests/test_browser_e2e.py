@@ -617,16 +617,15 @@ def test_concurrent_wrong_passwords_lock_the_name_out(server, browser):
             _item(page)
 
 
-def test_a_local_app_refuses_a_rebinding_host_name(tmp_path, mined_cranfield_path):
+def test_a_local_app_refuses_a_rebinding_host_name(tmp_path, mined_cranfield_path, browser):
     """Without accounts the app is for this computer only. A web site whose name resolves to 127.0.0.1 (DNS
     rebinding; here Chromium's resolver rule plays the DNS server) must not get the app; localhost still does."""
-    from playwright.sync_api import sync_playwright
-
     db = copy_store(mined_cranfield_path, tmp_path / "local.duckdb")
-    with _serve(tmp_path, db) as served, sync_playwright() as pw:
+    with _serve(tmp_path, db) as served:
         port = served["url"].rsplit(":", 1)[1]
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                               args=[*CHROMIUM_FLAGS, "--host-resolver-rules=MAP rebind.example 127.0.0.1"])
+        # a second Chromium from the module's Playwright (a second sync_playwright() in one process is refused)
+        b = browser.browser_type.launch(executable_path=str(CHROMIUM), headless=True,
+                                        args=[*CHROMIUM_FLAGS, "--host-resolver-rules=MAP rebind.example 127.0.0.1"])
         try:
             page = b.new_page()
             page.set_default_timeout(30_000)
@@ -640,3 +639,54 @@ def test_a_local_app_refuses_a_rebinding_host_name(tmp_path, mined_cranfield_pat
             assert "Open this app as localhost" not in page.inner_text("body")
         finally:
             b.close()
+
+
+def test_keys_do_not_judge_while_the_history_grid_has_focus(server, browser):
+    """The last-verdicts grid takes keys itself (moving, editing a cell): a letter typed there must not judge the
+    item on screen. Esc leaves the grid, and the keys judge again."""
+    url, db = server["url"], server["db"]
+    with _page(browser) as page:
+        _sign_in(page, url, "bob")
+        first = _item(page)
+        page.keyboard.press("t")
+        second = _next_item(page, first)
+        page.get_by_text("Your last 20 verdicts").click()
+        grid = page.locator("[data-testid='data-grid-canvas']").first
+        grid.wait_for()
+        page.wait_for_timeout(1500)  # the panel's rerun settles (a redraw would take the focus away again)
+        grid.scroll_into_view_if_needed()
+        box = grid.bounding_box()
+        page.mouse.click(box["x"] + min(60, box["width"] / 4), box["y"] + min(50, box["height"] - 5))  # row 1
+        page.wait_for_timeout(300)
+        for key in ("t", "f", "u", "s"):
+            page.keyboard.press(key)
+        page.wait_for_timeout(1500)
+        assert _item(page) == second
+        page.keyboard.press("Escape")
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(300)
+        page.keyboard.press("t")
+        _next_item(page, second)
+    server["stop"]()
+    assert [(q, d, v) for q, d, v, *_ in _verdicts(db)] == [(*_ids(first), "true_negative"),
+                                                           (*_ids(second), "true_negative")]
+
+
+def test_verdict_buttons_are_on_screen_on_a_phone(server, browser):
+    """At 390x844 Streamlit stacks the columns: the texts come first and would push the verdict buttons below the
+    fold. They stay at the bottom of the screen, and a tap judges the item on screen."""
+    url, db = server["url"], server["db"]
+    with _page(browser, width=390, height=844) as page:
+        _sign_in(page, url, "ann")
+        first = _item(page)
+        page.wait_for_timeout(500)
+        for label in ("Relevant — a false negative", "Not relevant", "Unsure"):
+            b = page.get_by_role("button", name=label).bounding_box()
+            assert b is not None and b["y"] >= 0 and b["y"] + b["height"] <= 844, (label, b)
+        query = page.locator("[data-box=query]").bounding_box()
+        assert query is not None and query["y"] + 40 < 844  # the query is still seen first
+        page.mouse.click(*(lambda b: (b["x"] + b["width"] / 2, b["y"] + b["height"] / 2))(
+            page.get_by_role("button", name="Not relevant").bounding_box()))
+        _next_item(page, first)
+    server["stop"]()
+    assert [(q, d, v) for q, d, v, *_ in _verdicts(db)] == [(*_ids(first), "true_negative")]

@@ -200,48 +200,6 @@ def test_verdicts_import_and_its_refit_land_together(hand_db, tmp_path, monkeypa
         assert events is not None and fitted == events
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's prctl")
-def test_kill_9_of_auditor_app_stops_streamlit_and_frees_the_store(handbuilt_store_path):
-    """`kill -9` gives `auditor app` no chance to stop its child: Streamlit must notice by itself, or it keeps the
-    store locked and every later command fails."""
-    import signal
-    import time
-    import urllib.request
-
-    from test_app_command import _alive, _children, _free_port
-
-    from auditor.store import open_store
-
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "auditor", "app", "--db", str(handbuilt_store_path),
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    child = None
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, "the app did not start"
-            time.sleep(0.3)
-        (child,) = _children(proc.pid)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        for _ in range(100):
-            if not _alive(child):
-                break
-            time.sleep(0.2)
-        assert not _alive(child), "streamlit is still running after auditor app was killed"
-        open_store(handbuilt_store_path).close()  # the store is free again
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if child and _alive(child):
-            os.kill(child, signal.SIGKILL)
-
-
 def test_the_python_api_example_in_readme_runs(tmp_path, monkeypatch):
     """README's "Python API" block, run as written against the shipped MS MARCO sample."""
     readme = (ROOT / "README.md").read_text()

@@ -61,11 +61,15 @@ def app_script() -> Path:
     return script
 
 
-def streamlit_command(script: Path, extra: list[str], host: str | None = None, port: int | None = None) -> list[str]:
-    """The `streamlit run` command line, with the user's Streamlit options passed through unchanged."""
+def streamlit_command(script: Path, extra: list[str], host: str | None = None, port: int | None = None,
+                      allowed_hosts: tuple[str, ...] | None = None) -> list[str]:
+    """The `streamlit run` command line, with the user's Streamlit options passed through unchanged.
+    `allowed_hosts`: the only Host names (ports ignored) Streamlit opens its session stream to."""
     if extra and extra[0] == "--":
         extra = extra[1:]
     cmd = [sys.executable, "-m", "streamlit", "run", str(script)]
+    for name in allowed_hosts or ():
+        cmd += ["--server.allowedHosts", name]
     if host is not None:
         cmd += ["--server.address", host]
     if port is not None:
@@ -134,7 +138,10 @@ def run_app(args: argparse.Namespace) -> int:
         if not root.is_dir():
             raise UserError(f"--data-root {root} is not a folder")
         env["AUDITOR_DATA_ROOT"] = str(root)
-    cmd = streamlit_command(script, extra, host=args.host, port=args.port)
+    # DNS rebinding: without accounts, Streamlit opens the session stream (every page, verdict and upload goes
+    # through it) only to a request whose Host is a loopback name; the page bootstrap checks Host as well.
+    cmd = streamlit_command(script, extra, host=args.host, port=args.port,
+                            allowed_hosts=None if team else LOOPBACK)
     who = ("accounts: every page asks to sign in" if team
            else "no accounts: a local single-user app, this computer only")
     print(f"auditor app on {db}, listening on {address} ({who})", file=sys.stderr)

@@ -328,16 +328,22 @@ def one_prompt_per_query(con: duckdb.DuckDBPyConnection, src: Source, field: str
                                 position=row))
     problems = list({p.position: p for p in sorted(problems, key=lambda p: p.position, reverse=True)}.values())
     problems.sort(key=lambda p: p.position)  # one problem per record
-    bad = [(p.position, 0) for p in problems]
+    return _refuse_or_drop(con, src, field, problems, rejects)
+
+
+def _refuse_or_drop(con: duckdb.DuckDBPyConnection, src: Source, field: str, problems: list[Problem],
+                    rejects: Rejects | None) -> int:
+    """Records of `recs` found bad after the rule table: refuse the file naming the first (and counting the rest),
+    or, with `rejects`, report each and leave them out. Returns the records left out."""
     if rejects is None:
         raise IngestError(src.where(problems[0]), field, problems[0].message, more=len(problems) - 1)
     raws = diagnose.lines_at(src.path, {p.line for p in problems if p.line}) if src.kind == "jsonl" else {}
     for p in problems:
         rejects.add(src.path, p.line if p.line is not None else p.position + 1, p.field, p.message, raws.get(p.line))
-    con.execute(f"DELETE FROM recs WHERE rowid IN ({', '.join(str(row) for row, _ in bad)})")
+    con.execute(f"DELETE FROM recs WHERE rowid IN ({', '.join(str(p.position) for p in problems)})")
     if not con.execute("SELECT count(*) FROM recs").fetchone()[0]:
         raise IngestError(str(src.path), None, f"no valid records (reasons in {rejects.path})")
-    return len(bad)
+    return len(problems)
 
 
 def every_query_has_a_positive(con: duckdb.DuckDBPyConnection, src: Source, field: str, rejects: Rejects | None) -> int:
@@ -352,13 +358,4 @@ def every_query_has_a_positive(con: duckdb.DuckDBPyConnection, src: Source, fiel
     rows = [r for (r,) in bad]
     lines = src.lines(rows)
     message = "no positive: none of this query's documents is labelled 1 in this file"
-    problems = [Problem(lines.get(r), field, message, position=r) for r in rows]
-    if rejects is None:
-        raise IngestError(src.where(problems[0]), field, message, more=len(problems) - 1)
-    raws = diagnose.lines_at(src.path, {p.line for p in problems if p.line}) if src.kind == "jsonl" else {}
-    for p in problems:
-        rejects.add(src.path, p.line if p.line is not None else p.position + 1, p.field, p.message, raws.get(p.line))
-    con.execute(f"DELETE FROM recs WHERE rowid IN ({', '.join(map(str, rows))})")
-    if not con.execute("SELECT count(*) FROM recs").fetchone()[0]:
-        raise IngestError(str(src.path), None, f"no valid records (reasons in {rejects.path})")
-    return len(rows)
+    return _refuse_or_drop(con, src, field, [Problem(lines.get(r), field, message, position=r) for r in rows], rejects)
