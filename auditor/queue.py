@@ -1119,6 +1119,17 @@ def leases_overview(con: duckdb.DuckDBPyConnection, now: float | None = None) ->
     ]
 
 
+def leases_now(con: duckdb.DuckDBPyConnection, limit: int = 200, now: float | None = None) -> list[dict[str, Any]]:
+    """Every item held now, by whom and until when, soonest end first (the Team page's list of items)."""
+    now = _now(now)
+    return [
+        {"annotator": a, "query_id": q, "doc_id": d, "expires_in_s": int(e - now)}
+        for a, q, d, e in con.execute(
+            "SELECT annotator, query_id, doc_id, expires_at FROM leases WHERE expires_at > ? "
+            "ORDER BY expires_at, annotator, query_id, doc_id LIMIT ?", [now, int(limit)]).fetchall()
+    ]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # skips: items an annotator set aside (kept out of that annotator's queue until brought back)
 # --------------------------------------------------------------------------------------------------------------

@@ -409,12 +409,14 @@ def check_server_path(path: str, root: Path, max_bytes: int) -> Path:
     return target
 
 
-def recent_verdicts(con: duckdb.DuckDBPyConnection, annotator: str, n: int = 20) -> list[dict[str, Any]]:
-    """The annotator's ``n`` latest verdicts in force, newest first (the Review page's history)."""
+def recent_verdicts(con: duckdb.DuckDBPyConnection, annotator: str | None, n: int = 20) -> list[dict[str, Any]]:
+    """The ``n`` latest verdicts in force of ``annotator`` (None: of everyone), newest first (the Review page's
+    history; the Team page's list)."""
     cur = con.execute(
         """SELECT query_id, doc_id, verdict, note, band, queue_mode, sampling_prob,
-                  strftime(created_at, '%Y-%m-%d %H:%M') AS "when"
-           FROM current_verdicts WHERE annotator = ? ORDER BY event_id DESC LIMIT ?""", [annotator, n])
+                  strftime(created_at, '%Y-%m-%d %H:%M') AS "when", annotator
+           FROM current_verdicts WHERE $a IS NULL OR annotator = $a ORDER BY event_id DESC LIMIT $n""",
+        {"a": annotator, "n": n})
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r)) for r in cur.fetchall()]
 

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from auditor import accounts, queue
-from auditor.ui_helpers import get_guidelines, safe_markdown, set_guidelines
+from auditor.ui_helpers import VERDICT_LABELS, get_guidelines, recent_verdicts, safe_markdown, set_guidelines
 from pages import _common as ui
 
 ui.require_app()
@@ -42,6 +42,9 @@ with right:
     if held:
         st.dataframe(pd.DataFrame(held).rename(columns={"held": "items held", "expires_in_s": "lease ends in (s)"}),
                      hide_index=True, width="stretch")
+        st.caption("Items held now (a closed tab's items come free when their lease ends)")
+        st.dataframe(pd.DataFrame(queue.leases_now(con)).rename(columns={"expires_in_s": "lease ends in (s)"}),
+                     hide_index=True, width="stretch", key="t_held")
     else:
         st.caption("Nobody holds review items right now.")
     today = con.execute(
@@ -50,6 +53,13 @@ with right:
     if len(today):
         st.caption("Verdicts today")
         st.dataframe(today, hide_index=True, width="stretch")
+    latest = recent_verdicts(con, None, 50)
+    if latest:
+        st.caption("The team's latest verdicts")
+        frame = pd.DataFrame(latest)
+        frame["verdict"] = frame["verdict"].map(lambda v: VERDICT_LABELS.get(v, v))
+        st.dataframe(frame[["when", "annotator", "query_id", "doc_id", "verdict", "note"]], hide_index=True,
+                     width="stretch", key="t_latest")
 
 if user.can("accounts") and ui.accounts_enabled():
     st.divider()

@@ -790,3 +790,22 @@ def test_the_load_page_states_the_upload_cap_of_the_config(monkeypatch, tmp_path
     (uploader,) = at.get("file_uploader")
     assert f"up to {mb:,} MB" in uploader.proto.help
     assert uploader.proto.max_upload_size_mb == mb
+
+
+def test_team_page_lists_the_items_held_and_the_latest_verdicts(monkeypatch, handbuilt_store_path):
+    """A lead sees which items each annotator holds and what the team judged last, not only counts."""
+    _add_users(handbuilt_store_path, lee="lead", ann="annotator")
+    ann = _app(monkeypatch, handbuilt_store_path, user="ann", sign_in=True)
+    judged = _current(ann)
+    _press(ann, "false_negative")
+    held = {(it["query_id"], it["doc_id"]) for it in _wl(ann).items}
+    assert held
+    lead = _app(monkeypatch, handbuilt_store_path, user="lee", sign_in=True, page="pages/team.py")
+    assert not lead.exception
+    tables = [f.value for f in lead.dataframe]
+    held_table = next(t for t in tables if "lease ends in (s)" in t.columns and "doc_id" in t.columns)
+    assert {(q, d) for q, d in zip(held_table["query_id"], held_table["doc_id"])} >= held
+    assert set(held_table["annotator"]) == {"ann"}
+    latest = next(t for t in tables if "verdict" in t.columns and "annotator" in t.columns)
+    row = latest.iloc[0]
+    assert (row["annotator"], row["query_id"], row["doc_id"]) == ("ann", *judged)
