@@ -444,12 +444,14 @@ def histogram(
     band: str | None = None,
     lo: float | None = None,
     hi: float | None = None,
+    clamp: bool = False,
 ) -> dict[str, Any]:
     """Bin counts of one score column, computed in SQL (for a Plotly bar chart).
 
     ``where`` is an extra SQL condition on ``scored`` columns (trusted caller code, never user text); ``band``
     restricts to one band of ``config``. ``lo``/``hi`` fix the range (default: the data's min and max), so several
-    histograms can share bins. Returns ``{"column", "edges" (bins+1), "counts" (bins), "n", "lo", "hi"}``.
+    histograms can share bins; with ``clamp`` values outside them count in the edge bins (an overlay of a few
+    items on another histogram's bins must not lose the extreme ones). Returns ``{"column", "edges" (bins+1), "counts" (bins), "n", "lo", "hi"}``.
     """
     if column not in HISTOGRAM_COLUMNS and column != "weight":
         raise ValueError(f"cannot histogram {column!r}; choose one of {', '.join(HISTOGRAM_COLUMNS + ('weight',))}")
@@ -484,7 +486,7 @@ def histogram(
     counts = [0] * bins
     for idx, c in con.execute(
         f"SELECT least(greatest(floor((x - $lo) / $width)::BIGINT, 0), $bins - 1) AS i, count(*) FROM ({base}) "
-        f"WHERE x >= $lo AND x <= $lo + $width * $bins GROUP BY i",
+        f"{'' if clamp else 'WHERE x >= $lo AND x <= $lo + $width * $bins'} GROUP BY i",
         params,
     ).fetchall():
         counts[int(idx)] = c

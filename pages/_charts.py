@@ -74,10 +74,19 @@ def scores_figure(h_pos: dict, h_neg: dict, absolute_cap: float | None) -> go.Fi
 
 
 def delta_figure(
-    h: dict, absolute_margin: float | None, simans_a: float, simans_b: float, min_weight: float
+    h: dict, absolute_margin: float | None, simans_a: float, simans_b: float, min_weight: float,
+    false_negatives: dict | None = None, true_negatives: dict | None = None,
 ) -> go.Figure:
-    """delta = s_neg - s_pos with the inversion line, the margin rule and the SimANS (ambiguous) window shaded."""
+    """delta = s_neg - s_pos with the inversion line, the margin rule and the SimANS (ambiguous) window shaded; the
+    verdicts so far (confirmed false and true negatives, same bins) laid over it on a second axis."""
     fig = go.Figure([_bars(h, "candidates", "#6366F1", 0.85)])
+    overlay = [(v, name, color) for v, name, color in (
+        (false_negatives, "confirmed false negatives", BAND_COLORS["suspicious"]),
+        (true_negatives, "confirmed true negatives", "#16A34A")) if v and v.get("n")]
+    for v, name, color in overlay:
+        fig.add_trace(go.Scatter(x=_centers(v), y=v["counts"], name=name, mode="lines+markers", yaxis="y2",
+                                 line={"color": color, "width": 2}, marker={"size": 5},
+                                 hovertemplate="%{x:.3f}: %{y:,}<extra>" + name + "</extra>"))
     if 0 < min_weight < 1 and simans_a > 0:
         half = math.sqrt(-math.log(min_weight) / simans_a)
         fig.add_vrect(x0=simans_b - half, x1=simans_b + half, fillcolor=BAND_COLORS["ambiguous"], opacity=0.12,
@@ -86,7 +95,11 @@ def delta_figure(
     if absolute_margin is not None:
         _vline(fig, -absolute_margin, f"margin -{absolute_margin:.2f}", BAND_COLORS["suspicious"])
     fig.update_layout(title="Margin to the positive (delta = s_neg - s_pos)", xaxis_title="delta",
-                      yaxis_title="candidates", showlegend=False, **_LAYOUT)
+                      yaxis_title="candidates", showlegend=bool(overlay), **_LAYOUT)
+    if overlay:
+        fig.update_layout(yaxis2={"title": "verdicts", "overlaying": "y", "side": "right", "rangemode": "tozero",
+                                  "showgrid": False},
+                          legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0})
     half = math.sqrt(-math.log(min_weight) / simans_a) if 0 < min_weight < 1 and simans_a > 0 else 0.0
     _reach(fig, h, 0.0, -absolute_margin if absolute_margin is not None else None, simans_b - half, simans_b + half)
     return fig

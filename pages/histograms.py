@@ -54,6 +54,15 @@ def _histogram(db: str, model: str, version: tuple, what: str) -> dict:
         return {"ratio": clipped("ratio", where="s_pos_min > 0")}
     if what == "rank":
         return {"rank": clipped("rank")}
+    if what == "delta":  # with the verdicts laid over it: where confirmed false and true negatives fall
+        h = clipped("delta")
+        out = {"delta": h}
+        for verdict in ("false_negative", "true_negative"):
+            out[verdict] = bands.histogram(
+                cur, "delta", model, bins=BINS, lo=h["lo"], hi=h["hi"], clamp=True,
+                where=f"(query_id, doc_id) IN (SELECT query_id, doc_id FROM current_verdicts WHERE verdict = "
+                      f"'{verdict}')")
+        return out
     return {what: clipped(what)}
 
 
@@ -253,10 +262,15 @@ with results:
                        + _charts.clip_note(h["s_neg"]))
     if tabs[1].open:
         with tabs[1]:
-            h = _histogram(db, model, version, "delta")["delta"]
+            verdicts = con.execute("SELECT count(*), max(event_id) FROM verdicts").fetchall()[0]
+            hs = _histogram(db, model, (*version, *verdicts), "delta")
+            h = hs["delta"]
             st.plotly_chart(_charts.delta_figure(h, cfg.absolute_margin, cfg.simans_a, cfg.simans_b,
-                                                 cfg.ambiguous_min_weight), key="fig_delta")
-            st.caption(_charts.clip_note(h))
+                                                 cfg.ambiguous_min_weight, hs["false_negative"],
+                                                 hs["true_negative"]), key="fig_delta")
+            st.caption(_charts.clip_note(h) + (f" Verdicts laid over it: {hs['false_negative']['n']:,} confirmed "
+                       f"false negatives (red), {hs['true_negative']['n']:,} true negatives (green), right axis."
+                       if hs["false_negative"]["n"] or hs["true_negative"]["n"] else ""))
     if tabs[2].open:
         with tabs[2]:
             h = _histogram(db, model, version, "ratio")["ratio"]

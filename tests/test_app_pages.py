@@ -809,3 +809,32 @@ def test_team_page_lists_the_items_held_and_the_latest_verdicts(monkeypatch, han
     latest = next(t for t in tables if "verdict" in t.columns and "annotator" in t.columns)
     row = latest.iloc[0]
     assert (row["annotator"], row["query_id"], row["doc_id"]) == ("ann", *judged)
+
+
+def test_delta_histogram_lays_the_verdicts_over_the_bins(monkeypatch, handbuilt_store_path):
+    """A lead tuning margins sees where confirmed false and true negatives fall, updated as verdicts arrive."""
+    import json
+
+    from auditor import review
+
+    at = _app(monkeypatch, handbuilt_store_path, page="pages/histograms.py")
+    at.session_state["h_tab"] = "Delta"
+    at.run()
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert [t.get("name") for t in fig["data"]] == ["candidates"]  # no verdicts yet: nothing laid over
+    con = ui_store(at)
+    review.record_verdict(con, query_id="q1", doc_id="n1", verdict="false_negative", annotator="ada")
+    review.record_verdict(con, query_id="q2", doc_id="n5", verdict="true_negative", annotator="ada")
+    at.run()
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    traces = {t.get("name"): t for t in fig["data"]}
+    assert set(traces) == {"candidates", "confirmed false negatives", "confirmed true negatives"}
+    assert sum(traces["confirmed false negatives"]["y"]) == 1 and sum(traces["confirmed true negatives"]["y"]) == 1
+    assert fig["layout"]["yaxis2"]["overlaying"] == "y"
+
+
+def ui_store(at):
+    """The app's own connection (the store file is held by the app in this process)."""
+    from pages import _common
+
+    return _common.cursor()
