@@ -39,6 +39,9 @@ SUSPICIOUS_RULES = (
 )
 RULE_ORDER = SUSPICIOUS_RULES + ("easy_rank", "simans", "low_weight")
 BANDS = ("suspicious", "ambiguous", "too_easy")
+#: One colour and one name per band, for every picture of them: the app's pages and the HTML report.
+BAND_COLOURS = {"suspicious": "#DC2626", "ambiguous": "#D97706", "too_easy": "#64748B"}
+BAND_LABELS = {"suspicious": "Suspicious", "ambiguous": "Ambiguous", "too_easy": "Too easy"}
 
 #: Columns of the ``scored`` view that `histogram` accepts (plus ``weight`` from ``bands``).
 HISTOGRAM_COLUMNS = (

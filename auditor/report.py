@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-BAND_COLOURS = {"suspicious": "#d62728", "ambiguous": "#ff7f0e", "too_easy": "#2ca02c"}
+from auditor.bands import BAND_COLOURS, BAND_LABELS
+
 
 
 def _e(value: Any) -> str:
@@ -87,7 +88,7 @@ def _figures(stats: dict[str, Any]) -> list[tuple[str, Any]]:
         data = []
         for band, colour in BAND_COLOURS.items():
             ys = [per_source[s].get(band, 0) for s in per_source] if per_source else [bands["counts"].get(band, 0)]
-            data.append(go.Bar(x=names, y=ys, name=band, marker_color=colour))
+            data.append(go.Bar(x=names, y=ys, name=BAND_LABELS[band], marker_color=colour))
         fig = go.Figure(data)
         fig.update_layout(barmode="stack", title="Candidates per band and source", yaxis_title="candidates")
         figs.append(("bands", fig))

@@ -17,12 +17,13 @@ from pathlib import Path
 import streamlit as st
 
 from auditor import config
+from auditor.bands import BAND_COLOURS
+from auditor.bands import BAND_LABELS as _BAND_LABELS
 from auditor.ui_helpers import VERDICT_KEYS
 from auditor.store import SharedStore
 
 #: Colour and label of each band, used on every page (red = likely false negative).
-BAND_COLORS = {"suspicious": "#DC2626", "ambiguous": "#D97706", "too_easy": "#64748B"}
-BAND_LABELS = {"suspicious": "Suspicious", "ambiguous": "Ambiguous", "too_easy": "Too easy"}
+BAND_COLORS, BAND_LABELS = BAND_COLOURS, _BAND_LABELS  # auditor.bands: the one table, shared with the report
 BAND_BADGE = {"suspicious": "red", "ambiguous": "orange", "too_easy": "gray"}
 BAND_HELP = {
     "suspicious": "likely false negative: scores close to (or above) the labeled positive",

@@ -631,3 +631,18 @@ def test_a_query_whose_line_would_be_too_large_to_ingest_is_left_out(handbuilt_s
         ingest_path(back, out)
     finally:
         back.close()
+
+
+def test_the_report_paints_bands_in_the_apps_colours(handbuilt_store, tmp_path):
+    """One colour table: a band is the same colour in the HTML report as on the app's pages."""
+    from auditor.bands import BAND_COLOURS, BAND_LABELS
+    from auditor.report import write_report
+    from auditor.stats import compute_stats
+    from pages._common import BAND_COLORS
+
+    assert BAND_COLORS is BAND_COLOURS
+    path = tmp_path / "r.html"
+    write_report(compute_stats(handbuilt_store), path)
+    text = path.read_text(encoding="utf-8")
+    for band, colour in BAND_COLOURS.items():
+        assert f'"color":"{colour}"' in text.replace(" ", "") and f'"name":"{BAND_LABELS[band]}"' in text
