@@ -523,7 +523,7 @@ def _export_to_file(
             scores = "none"  # no line would carry scores: no score columns (in Parquet too)
         rows_sql = _rows_sql(fmt, t, n, extra, scores)
         if fmt == "ntuple":
-            _count_flag_keys(con, rows_sql, summary)
+            _count_flag_keys(con, t, scores, summary)
             if file_type == "jsonl":
                 rows_sql = _without_nulls(con, rows_sql)
                 file_type = "lines"
@@ -826,14 +826,18 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _count_flag_keys(con: duckdb.DuckDBPyConnection, rows_sql: str, summary: ExportSummary) -> None:
-    """How many written lines carry no scores, and (when some carry one) no prompt: the summary says so."""
-    names = {d[0] for d in con.execute(f"SELECT * FROM ({rows_sql}) LIMIT 0").description}
-    prompt = "count(*) FILTER (WHERE prompt IS NULL)" if "prompt" in names else "0"
-    no_scores = "count(*) FILTER (WHERE pos_scores IS NULL)" if "pos_scores" in names else "count(*)"
-    without_scores, without_prompt = con.execute(f"SELECT {no_scores}, {prompt} FROM ({rows_sql})").fetchall()[0]
-    summary.lines_without_scores = int(without_scores)
-    summary.lines_without_prompt = int(without_prompt)
+def _count_flag_keys(con: duckdb.DuckDBPyConnection, t: _Tables, scores: str, summary: ExportSummary) -> None:
+    """How many written lines carry no scores, and (when some carry one) no prompt: the summary says so. From the
+    score sources and the queries, not from the lines (building them is the export's main cost)."""
+    src = summary.score_source or {"teacher": 0, "model": 0}
+    summary.lines_without_scores = {"teacher": src["model"], "model": 0, "none": src["teacher"] + src["model"]}[scores]
+    with_prompt, without_prompt = con.execute(
+        f"""SELECT count(*) FILTER (WHERE nullif(prompt, '') IS NOT NULL),
+                   count(*) FILTER (WHERE nullif(prompt, '') IS NULL)
+            FROM queries WHERE query_id IN (SELECT query_id FROM {t.sel})
+                           AND query_id IN (SELECT query_id FROM {t.pos})"""
+    ).fetchall()[0]
+    summary.lines_without_prompt = int(without_prompt) if with_prompt else 0
 
 
 def _count_rows(con: duckdb.DuckDBPyConnection, t: _Tables, fmt: str, summary: ExportSummary) -> int:

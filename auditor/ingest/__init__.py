@@ -137,14 +137,12 @@ def _ingest(
     con: duckdb.DuckDBPyConnection, path: Path, shown: Path, fmt: str, split: str | None, name: str | None,
     skip_bad: bool, rejects_path: str | Path | None, progress: Progress | None, columns: dict[str, str] | None,
 ) -> IngestSummary:
-    if columns:
-        fmt = fmt if fmt != "auto" else "columns"
-    elif fmt == "auto":
-        fmt = detect_format(path)
+    if fmt == "auto":  # with columns, the layout (and so the format) comes from the columns named
+        fmt = "columns" if columns else detect_format(path)
     elif fmt not in FORMATS:
         raise IngestError(str(path), None, f"unknown format {fmt!r}; choose one of: auto, {', '.join(FORMATS)}")
-    if columns and fmt not in ("columns", "flag", "triplets", "ntuple", "labeled-pair", "labeled-list"):
-        raise IngestError(str(path), None, f"--columns applies to training files, not to format {fmt}")
+    if columns and fmt == "beir":
+        raise IngestError(str(path), None, "--columns applies to training files, not to format beir")
     dataset = name or _default_name(logical_name(shown))
     summary = IngestSummary(path=str(shown), format=fmt, dataset=dataset)
     if rejects_path is None:  # dataset names may hold a '/' (msmarco-mined/train): keep the report in one file
@@ -198,7 +196,8 @@ def _record_ingest(con: duckdb.DuckDBPyConnection, path: Path, shown: Path, summ
                              n_judged_negatives, n_candidates, n_duplicates, n_skipped)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         """,
-        [summary.dataset, str(shown) if str(shown) == STDIN_NAME else str(shown.resolve()), summary.format, summary.split, fingerprint(path), summary.queries,
+        [summary.dataset, str(shown) if str(shown) == STDIN_NAME else str(shown.resolve()), summary.format,
+         summary.split, fingerprint(path), summary.queries,
          summary.documents, summary.positives, summary.judged_negatives, summary.candidates, summary.duplicates,
          summary.skipped],
     )

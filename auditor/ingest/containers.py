@@ -49,29 +49,28 @@ def unpacked(path: str | Path) -> Iterator[tuple[Path, Translate]]:
         yield Path(path), lambda exc: exc
         return
     with tempfile.TemporaryDirectory(prefix="auditor-unpack-") as folder:
-        name = f"{shown.name or 'data'}.parquet" if kind == "tables" else logical_name(shown).name
-        target = Path(folder) / name
-        starts: list[int] | None = None
-        if kind == "stdin":
-            with open(target, "wb") as out:
-                shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
-            kind = "array" if _starts_with_bracket(target) else "plain"
-            if kind == "array":
-                source = target.with_name("stdin-array.json")
-                target.rename(source)
-                target = target.with_name("stdin.jsonl")
-                starts = _array_to_lines(source, target, shown)
-        elif kind == "gzip":
-            _gunzip(Path(path), target, shown)
-            if _starts_with_bracket(target):
-                source = target.with_name("unzipped-array.json")
-                target.rename(source)
-                starts = _array_to_lines(source, target, shown)
-        elif kind == "array":
-            target = target.with_suffix(".jsonl")
-            starts = _array_to_lines(Path(path), target, shown)
-        elif kind == "tables":
+        if kind == "tables":
+            target = Path(folder) / f"{shown.name or 'data'}.parquet"
             _tables_to_parquet(Path(path), target)
+            yield target, _translator(target, shown, None)
+            return
+        source = Path(path)
+        if kind in ("stdin", "gzip"):  # the bytes first, as a file: its content may be JSON lines or an array
+            source = Path(folder) / "raw"
+            if kind == "stdin":
+                with open(source, "wb") as out:
+                    shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+            else:
+                _gunzip(Path(path), source, shown)
+        target = Path(folder) / logical_name(shown).name
+        starts = None
+        if _starts_with_bracket(source):
+            target = target.with_suffix(".jsonl")
+            starts = _array_to_lines(source, target, shown)
+        elif kind in ("stdin", "gzip"):
+            source.rename(target)
+        else:  # never the user's own file moved
+            target = source
         yield target, _translator(target, shown, starts)
 
 
