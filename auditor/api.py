@@ -23,7 +23,7 @@ from auditor.review import record_verdict
 from auditor.select import Selection
 from auditor.stats import compute_stats as stats
 from auditor.store import open_store
-from auditor.verdicts_io import export_verdicts, import_verdicts
+from auditor.review.io import export_verdicts, import_verdicts
 
 __all__ = ["Selection", "export", "export_verdicts", "import_verdicts", "ingest", "mine", "open_store",
            "record_verdict", "stats"]

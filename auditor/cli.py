@@ -58,7 +58,7 @@ def exit_code(exc: BaseException) -> int | None:
     from auditor.accounts import AccountError
     from auditor.ingest.errors import IngestError
     from auditor.store import StoreLockedError
-    from auditor.verdicts_io import VerdictFileError
+    from auditor.review.io import VerdictFileError
 
     if _no_space(exc):
         return EXIT_NO_SPACE

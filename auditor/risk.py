@@ -27,13 +27,9 @@ audit compares it with the verdicts).
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import math
-import threading
-import time
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +39,7 @@ import pyarrow as pa
 
 from auditor.calibration import fit_calibration
 from auditor.config import RiskConfig
-from auditor.store import background_work, transaction
+from auditor.store import transaction
 
 log = logging.getLogger(__name__)
 
@@ -282,110 +278,6 @@ def _near_sql(role: str, threshold: float, instruction: str | None) -> str:
 def refit_if_stale(con: duckdb.DuckDBPyConnection, model: str, cfg: RiskConfig = RiskConfig()) -> FitSummary | None:
     """Refit when verdicts arrived since the fit in force; None when it is current."""
     return fit(con, model, cfg) if is_stale(con, model) else None
-
-
-#: Every BackgroundRefit alive: at interpreter exit each lets its running fit end and drops its deferred one, or a
-#: daemon thread stopped inside DuckDB aborts the process.
-_LIVE: "weakref.WeakSet[BackgroundRefit]" = weakref.WeakSet()
-
-
-@atexit.register
-def _finish_refits() -> None:
-    for refit in list(_LIVE):
-        refit.wait()
-
-
-class BackgroundRefit:
-    """Refits a store's risk in a background thread once ``refit_every`` verdicts arrived since the fit in force.
-
-    The app calls :meth:`notify` after each verdict; the annotator never waits for a fit. One fit runs at a time and,
-    in the same thread, rebuilds the review queue's tables it made stale (:func:`auditor.queue.refresh`), so the next
-    item is drawn from the new fit without a rebuild on the annotator's request. Fits are spaced so that this work
-    takes at most ``refit_max_share`` of the time (a due fit that must wait starts by itself when it may).
-    ``cursor`` returns a DuckDB cursor usable in the calling thread (``SharedStore.cursor``).
-    """
-
-    def __init__(self, cursor: Any, cfg: RiskConfig = RiskConfig()) -> None:
-        if not 0 < cfg.refit_max_share <= 1:
-            raise ValueError(f"refit_max_share must be in (0, 1], got {cfg.refit_max_share}")
-        self._cursor, self.cfg = cursor, cfg
-        self._running = threading.Lock()
-        self._state = threading.Lock()
-        self._not_before = 0.0  #: time.monotonic() before which no fit starts (the share rule)
-        self._timer: threading.Timer | None = None
-        self.fits = 0  #: fits finished by this object (for tests and the app's status line)
-        self.last_seconds = 0.0  #: how long the last fit and its queue rebuild took
-        self.last_error: str | None = None
-        _LIVE.add(self)
-
-    def due(self, con: duckdb.DuckDBPyConnection, model: str) -> bool:
-        """Enough new verdicts since the fit in force: ``refit_every``, or ``refit_growth`` of the labels it saw."""
-        fit_row = current_fit(con, model)
-        seen = fit_row["last_event_id"] if fit_row else 0
-        labels = fit_row["n_labels"] if fit_row else 0
-        new = con.execute(
-            "SELECT count(*) FROM verdicts WHERE event_id > ? AND verdict <> 'undo'", [seen]
-        ).fetchall()[0][0]
-        return new >= max(self.cfg.refit_every, math.ceil(self.cfg.refit_growth * labels))
-
-    def notify(self, model: str, wait: bool = False) -> bool:
-        """Start a refit of ``model`` if one is due, none is running and the share rule allows it; True when one was
-        started. A due refit the share rule holds back is started later by a timer."""
-        if not self.due(self._cursor(), model):
-            return False
-        with self._state:
-            delay = self._not_before - time.monotonic()
-            if delay > 0:
-                if self._timer is None:
-                    self._timer = threading.Timer(delay, self._deferred, args=(model,))
-                    self._timer.daemon = True
-                    self._timer.start()
-                return False
-        if not self._running.acquire(blocking=False):
-            return False
-        thread = threading.Thread(target=self._work, args=(model,), daemon=True, name="auditor-refit")
-        thread.start()
-        if wait:
-            thread.join()
-        return True
-
-    def _deferred(self, model: str) -> None:
-        with self._state:
-            self._timer = None
-        try:
-            self.notify(model)
-        except Exception as exc:  # noqa: BLE001 - e.g. the store closed meanwhile: the next verdict tries again
-            log.debug("deferred risk refit not started: %s", exc)
-
-    def wait(self) -> None:
-        """Wait for a running refit to end and cancel a deferred one (before closing the store it writes to)."""
-        with self._state:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-        with self._running:
-            pass
-
-    def _work(self, model: str) -> None:
-        from auditor import queue
-
-        started = time.monotonic()
-        try:
-            cur = self._cursor()
-            with background_work(cur):
-                fit(cur, model, self.cfg)
-                queue.refresh(cur)
-            self.fits += 1
-            self.last_error = None
-        except Exception as exc:  # noqa: BLE001 - a failed background fit leaves the old risk in force
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.warning("background risk refit failed: %s", self.last_error)
-        finally:
-            ended = time.monotonic()
-            self.last_seconds = ended - started
-            with self._state:
-                self._not_before = ended + self.last_seconds * (1 / self.cfg.refit_max_share - 1)
-            self._running.release()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -460,7 +460,7 @@ def _verdicts(con: duckdb.DuckDBPyConnection, config: str, model: str, double_an
     ]
     # Agreement only over items deliberately routed to two annotators (the queue's double-annotation rule): two
     # verdicts on an item that was not routed are an accident (a lease that ran out), not a sample for kappa.
-    from auditor.queue import DOUBLE_HASH_SQL, double_share
+    from auditor.review.choice import DOUBLE_HASH_SQL, double_share
 
     share = double_share(double_annotation)
     pairs = [
@@ -504,7 +504,7 @@ def compute_stats(
     """All statistics of the store as a JSON-serialisable dict (see the module docstring). ``double_annotation`` is
     the share of items routed to two annotators (default: ReviewConfig, i.e. AUDITOR_DOUBLE_ANNOTATION): Cohen's
     kappa is computed over those items only."""
-    from auditor.review import resolve_model
+    from auditor.bands import resolve_model
 
     out: dict[str, Any] = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -513,7 +513,7 @@ def compute_stats(
         "shape": _shape(con),
     }
     try:
-        model = resolve_model(con, model, config)
+        model = model or resolve_model(con, None)
     except Exception as exc:  # no scores yet: shape only
         out["model"] = None
         out["note"] = str(exc)

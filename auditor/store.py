@@ -34,7 +34,7 @@ Added in schema version 2 (the lexical signal and the learned false-negative ris
 ``risk_fits``     one row per fit: verdicts it saw (``n_labels``, ``n_false_negative``, ``last_event_id``), the
                   blend weight given to the fitted model against the prior, and its parameters (JSON).
 
-Added in schema version 3 (the app for a team, see :mod:`auditor.accounts` and the leases in :mod:`auditor.queue`):
+Added in schema version 3 (the app for a team, see :mod:`auditor.accounts` and the leases in :mod:`auditor.review.leases`):
 
 ``users``         accounts: ``name``, ``role`` (annotator | lead | admin), ``password_hash`` (scrypt, salted; NULL for
                   accounts that sign in through OIDC only), ``email`` (what OIDC sign-in maps to the account).
@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -431,6 +431,11 @@ class SharedStore:
         self.path = Path(path)
         self._con = open_store(self.path)
         self._local = threading.local()
+        self._on_close: list = []
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` before the connection closes (the background owner stops its jobs there)."""
+        self._on_close.append(fn)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         cur = getattr(self._local, "cursor", None)
@@ -440,6 +445,9 @@ class SharedStore:
         return cur
 
     def close(self) -> None:
+        for fn in reversed(self._on_close):
+            fn()
+        self._on_close.clear()
         self._con.close()
 
 

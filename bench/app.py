@@ -6,7 +6,7 @@ when `auditor.bands` is present, else the default rules written in SQL) — no m
 * next review item in each queue mode (export, the default; risk; stratified): ``review.next_item`` +
   ``worklist.load_context`` for 100 consecutive items with nothing prefetched, recording a verdict after each one
   (one in ten a false negative) and refitting the risk model in the background as the app does
-  (``risk.BackgroundRefit``), median, p95 and max, with the two parts apart and the items after a false negative
+  (``review.refit.BackgroundRefit``), median, p95 and max, with the two parts apart and the items after a false negative
   apart, while another annotator holds leases (so the lease check is part of every query) and a third records a
   verdict between every two items; 300 verdicts and a fit come first, so the learned model is in place;
 * a claim (``queue.claim``, what the app's worklist does in the background every few verdicts): held items plus new
@@ -137,7 +137,8 @@ def _pct(values: list[float], p: float) -> float:
 def seed_verdicts(path: Path, n: int = 300) -> None:
     """Verdicts on the riskiest items (about one in four a false negative, by a hash), then a fit: the risk model
     is in place, as after a first review session."""
-    from auditor import queue, risk
+    from auditor import risk
+    from auditor.review import queue
     from auditor.store import open_store
 
     con = open_store(path)
@@ -162,15 +163,14 @@ def _simulated_verdict(query_id: str, doc_id: str) -> str:
 def bench_next_item(path: Path, n_items: int, mode: str) -> dict[str, list[float]]:
     """Per item: next_item (the queue query) and the item's context (what the page shows: ``worklist.load_context``),
     timed separately, with a verdict after each and the risk refitted in the background as the app does."""
-    from auditor import review, worklist
-    from auditor.risk import BackgroundRefit
+    from auditor import review
+    from auditor.review import leases, queue, worklist
+    from auditor.review.refit import BackgroundRefit
     from auditor.store import SharedStore
-
-    from auditor import queue
 
     store = SharedStore(path)
     con = store.cursor()
-    refit = BackgroundRefit(store.cursor)
+    refit = BackgroundRefit(store)  # the store's background owner, as in the app
     queue.claim(con, annotator="someone-else", limit=20, mode=mode)  # leases held by another annotator
     review.next_item(con, annotator="bench", mode=mode)  # the first call builds the queue's table: not timed
     out: dict[str, list[float]] = {"next_item": [], "context": [], "total": [], "after a false negative": [],
@@ -178,7 +178,7 @@ def bench_next_item(path: Path, n_items: int, mode: str) -> dict[str, list[float
     after_fn = False
     for _ in range(n_items):
         t0 = time.perf_counter()
-        item = review.next_item(con, annotator="bench", mode=mode, stale_ok=True)  # as the app's worklist
+        item = review.next_item(con, annotator="bench", mode=mode)
         t1 = time.perf_counter()
         worklist.load_context(con, item)
         t2 = time.perf_counter()
@@ -194,16 +194,15 @@ def bench_next_item(path: Path, n_items: int, mode: str) -> dict[str, list[float
             band=item["band"], queue_mode=item["mode"], sampling_prob=item.get("sampling_prob"),
         )
         t0 = time.perf_counter()
-        held = queue.claim(con, annotator="bench-claims", limit=5, mode=mode, stale_ok=True)
+        held = queue.claim(con, annotator="bench-claims", limit=5, mode=mode)
         out["claim"].append(time.perf_counter() - t0)
         review.record_verdict(con, query_id=held[0]["query_id"], doc_id=held[0]["doc_id"], verdict="unsure",
                               annotator="bench-claims", band=held[0]["band"], queue_mode=held[0]["mode"],
                               sampling_prob=held[0].get("sampling_prob"))
         refit.notify(MODEL)
-    queue.release(con, "bench-claims")
-    queue.release(con, "someone-else")
-    refit.wait()  # let a running fit finish (and cancel a deferred one) before the store closes
-    queue.wait_for_rebuilds()  # and the queue tables that fit made stale
+    leases.release(con, "bench-claims")
+    leases.release(con, "someone-else")
+    refit.wait()  # let running background work finish (store.close() closes its owner)
     out["refits"] = [float(refit.fits)]
     out["refit seconds"] = [refit.last_seconds]
     store.close()

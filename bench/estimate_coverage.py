@@ -29,7 +29,8 @@ from auditor.config import DEFAULT_MODEL, SAMPLE_DIR, ReviewConfig  # noqa: E402
 
 
 def run(source: Path, args: argparse.Namespace, work: Path) -> list[dict]:
-    from auditor import audit, queue, review, risk
+    from auditor import audit, review, risk
+    from auditor.review import queue
     from auditor.estimate import export_estimate
     from auditor.frontier import baseline_curve, dense_ranking, frontier_ratio
     from auditor.ingest import ingest_path

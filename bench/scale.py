@@ -269,6 +269,8 @@ def main() -> None:
     ap.add_argument("--negatives", type=int, default=50)
     ap.add_argument("--work", type=Path, default=Path("/tmp/auditor-scale"), help="work folder (file, stores)")
     ap.add_argument("--keep", action="store_true", help="keep the stores and exports (the input file is always kept)")
+    ap.add_argument("--steps", help="comma-separated steps to run again on the kept store of an earlier --keep run "
+                    f"(of: {', '.join(STEPS)}); prints their results only")
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--db", type=Path, help=argparse.SUPPRESS)
@@ -288,6 +290,19 @@ def main() -> None:
         shape = generate(args.src.with_suffix(".tmp"), args.queries, args.negatives)
         args.src.with_suffix(".tmp").rename(args.src)
         print(f"  {shape['bytes'] / 1e9:.2f} GB in {shape['seconds']:.0f} s", flush=True)
+    if args.steps:
+        if "ingest" in args.steps.split(","):  # a fresh store
+            for p in (args.db, Path(f"{args.db}.wal")):
+                p.unlink(missing_ok=True)
+        elif not args.db.exists():
+            raise SystemExit(f"no kept store at {args.db}: run with --keep first")
+        for name in args.steps.split(","):
+            if name not in STEPS:
+                raise SystemExit(f"unknown step {name!r}: use {', '.join(STEPS)}")
+            r = run_step(name, args)
+            r["load1"] = os.getloadavg()[0]
+            print(f"  {name:<10} {json.dumps(r, default=str)}", flush=True)
+        return
     for p in (args.db, Path(f"{args.db}.wal"), args.work / "raw.duckdb", args.work / "raw.duckdb.wal"):
         p.unlink(missing_ok=True)
 

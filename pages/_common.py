@@ -71,9 +71,9 @@ def store() -> SharedStore:
 
 @st.cache_resource(show_spinner=False)
 def _refitter(path: str):
-    from auditor.risk import BackgroundRefit
+    from auditor.review.refit import BackgroundRefit
 
-    return BackgroundRefit(_shared_store(path).cursor)
+    return BackgroundRefit(_shared_store(path))
 
 
 def refitter():
@@ -376,27 +376,27 @@ def still_signed_in() -> bool:
 
 
 #: The app's leases are short and the open Review page renews them every HEARTBEAT_S seconds (pages/review.py): a
-#: closed tab's items are free for others within APP_LEASE_S, not the CLI's 10 minutes (auditor.queue.LEASE_SECONDS).
+#: closed tab's items are free for others within APP_LEASE_S, not the CLI's 10 minutes (auditor.review.leases.LEASE_SECONDS).
 APP_LEASE_S = 120
 HEARTBEAT_S = 30
 
 
-def worklist(user, queue_kw: dict):
-    """This browser session's review worklist for ``queue_kw`` (auditor.worklist.Worklist); a new queue choice or
+def worklist(user, choice):
+    """This browser session's review worklist for ``choice`` (auditor.review.worklist.Worklist); a new queue choice or
     another account gives back what the old one held. After verdicts, in the background, it refits the risk model
     and recounts the progress."""
     from auditor.ui_helpers import progress_counts
-    from auditor.worklist import Worklist
+    from auditor.review.worklist import Worklist
 
     ss = st.session_state
-    key = (user.name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in queue_kw.items())))
+    key = (user.name, choice)
     wl = ss.get("_worklist")
     if wl is None or wl.key != key:
         if wl is not None:
             wl.release()
         refit = refitter()
         name = user.name
-        wl = Worklist(store().cursor, name, queue_kw, key=key, ttl=APP_LEASE_S,
+        wl = Worklist(store().cursor, name, choice, key=key, ttl=APP_LEASE_S,
                       after_verdicts=lambda con, model: refit.notify(model),
                       progress=lambda con, model, config: progress_counts(con, model, config, name))
         ss["_worklist"] = wl

@@ -1,6 +1,6 @@
 """Review page: one suspected false negative at a time, one key per verdict.
 
-The annotator holds a few items under lease (auditor.worklist, auditor.queue.claim): nobody else is given them, and
+The annotator holds a few items under lease (auditor.review.worklist, auditor.review.queue.claim): nobody else is given them, and
 the next one is prefetched while the annotator reads. Every action carries the ids and the serial of the item on
 screen; an action about an item that is no longer on screen (a key pressed before the next item was drawn) is
 ignored. The item area is a fragment: a verdict reruns it alone, not the sidebar. Every text from the data is escaped
@@ -14,7 +14,8 @@ import html
 import pandas as pd
 import streamlit as st
 
-from auditor import queue, review
+from auditor import review
+from auditor.review import QueueChoice, leases
 from auditor.risk import describe
 from auditor.store import StoreError
 from auditor.ui_helpers import (
@@ -59,10 +60,10 @@ with st.sidebar:
     query_filter = st.text_input("Query id", key="f_query", placeholder="all queries").strip()
 
 share = ui.double_annotation()
-wl = ui.worklist(user, {
-    "mode": mode, "model": model, "config": config_name, "bands": list(bands) or None,
-    "source": None if source == "(all)" else source, "query_id": query_filter or None, "double_annotation": share,
-})
+wl = ui.worklist(user, QueueChoice(
+    mode=mode, model=model, config=config_name, bands=tuple(bands) or None,
+    source=None if source == "(all)" else source, query_id=query_filter or None, double_annotation=share,
+))
 
 
 # ---- actions: each names the item it is about; anything else is a stale key press and does nothing -------------
@@ -74,8 +75,8 @@ def _verdict(verdict: str, query_id: str, doc_id: str, serial: int) -> None:
     item = wl.current()
     cur = ui.cursor()
     # Only when our lease may have run out (the item sat on screen for longer than a lease) can another hold it.
-    others = [] if wl.lease_live() else queue.other_holders(cur, user.name, query_id, doc_id)
-    if others and not queue.needs_two_annotators(query_id, doc_id, share):
+    others = [] if wl.lease_live() else leases.other_holders(cur, user.name, query_id, doc_id)
+    if others and not review.needs_two_annotators(query_id, doc_id, share):
         wl.finish(query_id, doc_id)  # our lease ran out while the item sat on screen, and someone else took it
         ss["last"] = f"Not saved: {query_id} / {doc_id} went to another annotator while it sat idle here."
         return
@@ -104,7 +105,7 @@ def _undo(serial: int) -> None:
 def _bring_back() -> None:
     if not ui.still_signed_in():
         return
-    queue.clear_skips(ui.cursor(), user.name)
+    leases.clear_skips(ui.cursor(), user.name)
     wl.reset()
 
 
@@ -203,7 +204,7 @@ def item_area() -> None:
             "</div>")
 
     if item is None:
-        n_skipped = len(queue.skipped(con, user.name))
+        n_skipped = len(leases.skipped(con, user.name))
         st.success("Nothing left for you in this queue." + (f" You skipped {n_skipped} item(s)." if n_skipped else ""))
         c1, c2 = st.columns(2)
         c1.button("Undo last verdict", icon=":material/undo:", on_click=_undo, args=(serial,),
@@ -299,7 +300,7 @@ def _progress() -> str:
         wl.count_left(ui.cursor())
     # Not "N of every candidate": the queue asks about a small part of them (what would change the export), so that
     # denominator only discourages. What is left in this queue; this session, this annotator, the team.
-    from auditor.worklist import LEFT_CAP
+    from auditor.review.worklist import LEFT_CAP
 
     left = f"over {LEFT_CAP:,}" if wl.left > LEFT_CAP else f"{wl.left:,}"
     return (f"{left} left in this queue · this session: {wl.judged_here:,} judged · you: {p['mine']:,} in all · "

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from auditor import accounts, queue
+from auditor import accounts
+from auditor.review import leases
 from auditor.ui_helpers import VERDICT_LABELS, get_guidelines, recent_verdicts, safe_markdown, set_guidelines
 from pages import _common as ui
 
@@ -38,12 +39,12 @@ with left:
 
 with right:
     st.subheader("Who is working")
-    held = queue.leases_overview(con)
+    held = leases.leases_overview(con)
     if held:
         st.dataframe(pd.DataFrame(held).rename(columns={"held": "items held", "expires_in_s": "lease ends in (s)"}),
                      hide_index=True, width="stretch")
         st.caption("Items held now (a closed tab's items come free when their lease ends)")
-        st.dataframe(pd.DataFrame(queue.leases_now(con)).rename(columns={"expires_in_s": "lease ends in (s)"}),
+        st.dataframe(pd.DataFrame(leases.leases_now(con)).rename(columns={"expires_in_s": "lease ends in (s)"}),
                      hide_index=True, width="stretch", key="t_held")
     else:
         st.caption("Nobody holds review items right now.")

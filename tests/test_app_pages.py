@@ -372,7 +372,7 @@ def test_long_and_empty_passages_and_several_positives(monkeypatch, handbuilt_st
 def test_positive_marks_and_shared_words_on_the_mined_sample(monkeypatch, tmp_path, mined_cranfield_path):
     db = copy_store(mined_cranfield_path, tmp_path / "sample.duckdb")
     at = _app(monkeypatch, db, mode=None)  # the default queue: the verdict that would change the export most
-    from auditor.queue import build_queue
+    from auditor.review import build_queue
 
     (q, d) = _current(at)
     con = duckdb.connect(str(db))
@@ -693,7 +693,7 @@ def test_a_closed_tab_holds_its_items_briefly_and_an_open_one_keeps_them_by_hear
     seconds): a closed tab stops renewing, so its items are free for others within a couple of minutes."""
     import time
 
-    from auditor import queue
+    from auditor.review import leases
     from pages import _common
 
     db = copy_store(handbuilt_store_path, tmp_path / "s.duckdb")
@@ -711,7 +711,7 @@ def test_a_closed_tab_holds_its_items_briefly_and_an_open_one_keeps_them_by_hear
     finally:
         con.close()
     assert left > time.time() + _common.APP_LEASE_S - 30
-    assert queue.LEASE_SECONDS == 600  # the CLI's claims (scripts, `auditor queue --claim`) keep their lease
+    assert leases.LEASE_SECONDS == 600  # the CLI's claims (scripts, `auditor queue --claim`) keep their lease
 
 
 @pytest.mark.parametrize("text", [

@@ -1,4 +1,4 @@
-"""Leases (auditor.queue.claim): two annotators never hold the same item unless it is routed to double annotation."""
+"""Leases (auditor.review.queue.claim): two annotators never hold the same item unless it is routed to double annotation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import time
 import pytest
 from conftest import HANDBUILT_CANDIDATES, HANDBUILT_RISK_ORDER, copy_store
 
-from auditor import queue, review
+from auditor import review
+from auditor.review import leases, queue
 from auditor.store import SharedStore
 
 ALL = {(q, d) for q, d, *_ in HANDBUILT_CANDIDATES}
@@ -59,10 +60,10 @@ def test_asking_again_returns_the_held_items_and_tops_up(handbuilt_store):
     review.record_verdict(handbuilt_store, query_id="q1", doc_id="n1", verdict="true_negative", annotator="ada")
     again = queue.claim(handbuilt_store, annotator="ada", limit=3, mode="risk", model="m", now=300.0)
     assert _ids(again) == HANDBUILT_RISK_ORDER[1:4]
-    assert _ids(queue.held_items(handbuilt_store, "ada", now=301.0)) == HANDBUILT_RISK_ORDER[1:4]
+    assert _ids(leases.held_items(handbuilt_store, "ada", now=301.0)) == HANDBUILT_RISK_ORDER[1:4]
     # every claim renewed the leases: they run LEASE_SECONDS from the last one
     exp = handbuilt_store.execute("SELECT min(expires_at), max(expires_at) FROM leases").fetchone()
-    assert exp == (300.0 + queue.LEASE_SECONDS, 300.0 + queue.LEASE_SECONDS)
+    assert exp == (300.0 + leases.LEASE_SECONDS, 300.0 + leases.LEASE_SECONDS)
 
 
 def test_items_held_by_another_leave_every_queue_until_the_lease_ends(handbuilt_store):
@@ -76,15 +77,15 @@ def test_items_held_by_another_leave_every_queue_until_the_lease_ends(handbuilt_
     # ada's own queue still has them (she holds them), and so does a queue for nobody in particular after expiry
     mine = review.build_queue(handbuilt_store, mode="risk", model="m", annotator="ada")
     assert set(held) <= set(zip(mine["query_id"], mine["doc_id"]))
-    late = start + queue.LEASE_SECONDS + 1
+    late = start + leases.LEASE_SECONDS + 1
     bob = queue.claim(handbuilt_store, annotator="bob", limit=2, mode="risk", model="m", now=late)
     assert _ids(bob) == HANDBUILT_RISK_ORDER[:2]  # ada's leases ran out: the items came back
-    assert queue.held_items(handbuilt_store, "ada", now=late) == []
+    assert leases.held_items(handbuilt_store, "ada", now=late) == []
 
 
 def test_items_routed_to_double_annotation_may_be_held_by_two(handbuilt_store):
     share = 0.5
-    routed = {k for k in ALL if queue.needs_two_annotators(*k, share)}
+    routed = {k for k in ALL if review.needs_two_annotators(*k, share)}
     single = ALL - routed
     assert routed and single  # the hash routes some items, not all (else the test proves nothing)
     kw = dict(mode="risk", model="m", double_annotation=share, now=10.0)
@@ -100,14 +101,14 @@ def test_judged_and_skipped_items_end_their_lease_at_the_next_claim(handbuilt_st
     kw = dict(mode="risk", model="m")
     queue.claim(handbuilt_store, annotator="ada", limit=3, now=10.0, **kw)
     review.record_verdict(handbuilt_store, query_id="q1", doc_id="n1", verdict="false_negative", annotator="ada")
-    queue.add_skip(handbuilt_store, "ada", "q2", "n5")
-    assert len(queue.held_items(handbuilt_store, "ada", now=11.0)) == 3  # nothing ended on the key press itself
+    leases.add_skip(handbuilt_store, "ada", "q2", "n5")
+    assert len(leases.held_items(handbuilt_store, "ada", now=11.0)) == 3  # nothing ended on the key press itself
     held = _ids(queue.claim(handbuilt_store, annotator="ada", limit=3, now=12.0, **kw))
     assert ("q1", "n1") not in held and ("q2", "n5") not in held
-    assert queue.skipped(handbuilt_store, "ada") == [("q2", "n5")]
+    assert leases.skipped(handbuilt_store, "ada") == [("q2", "n5")]
     bob = _ids(queue.claim(handbuilt_store, annotator="bob", limit=10, now=13.0, **kw))
     assert ("q2", "n5") in bob and ("q1", "n1") not in bob  # ada's skip frees it; her verdict finished the other
-    assert queue.clear_skips(handbuilt_store, "ada") == 1 and queue.skipped(handbuilt_store, "ada") == []
+    assert leases.clear_skips(handbuilt_store, "ada") == 1 and leases.skipped(handbuilt_store, "ada") == []
 
 
 def test_hold_puts_an_item_in_front_unless_another_holds_it(handbuilt_store):
@@ -116,11 +117,11 @@ def test_hold_puts_an_item_in_front_unless_another_holds_it(handbuilt_store):
     queue.claim(handbuilt_store, annotator="bob", limit=1, **kw)
     item = {"query_id": "q3", "doc_id": "n9", "band": "ambiguous", "mode": "risk"}
     assert queue.hold(handbuilt_store, "ada", item, now=6.0)
-    assert _ids(queue.held_items(handbuilt_store, "ada", now=6.0))[0] == ("q3", "n9")
-    bobs = queue.held_items(handbuilt_store, "bob", now=6.0)[0]
+    assert _ids(leases.held_items(handbuilt_store, "ada", now=6.0))[0] == ("q3", "n9")
+    bobs = leases.held_items(handbuilt_store, "bob", now=6.0)[0]
     assert not queue.hold(handbuilt_store, "ada", bobs, now=6.0)
-    assert queue.other_holders(handbuilt_store, "ada", bobs["query_id"], bobs["doc_id"], now=6.0) == ["bob"]
-    assert queue.release(handbuilt_store, "ada") == 3 and queue.held_items(handbuilt_store, "ada", now=7.0) == []
+    assert leases.other_holders(handbuilt_store, "ada", bobs["query_id"], bobs["doc_id"], now=6.0) == ["bob"]
+    assert leases.release(handbuilt_store, "ada") == 3 and leases.held_items(handbuilt_store, "ada", now=7.0) == []
 
 
 def test_export_mode_claims_what_the_export_writes(tmp_path, mined_cranfield_path):

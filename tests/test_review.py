@@ -270,7 +270,7 @@ def test_filtered_stratified_walk_is_not_a_band_sample(handbuilt_store):
 def test_given_negatives_without_a_rank_can_be_claimed_in_every_order(handbuilt_store, mode):
     """A negative given by the training file but never mined has no rank: claiming it (the app's path, and `auditor
     queue --claim`) once crashed on int(NA). It comes back with rank None, in every order."""
-    from auditor import queue
+    from auditor.review import queue
 
     handbuilt_store.execute("UPDATE scores SET rank = NULL WHERE doc_id IN ('n1', 'n5', 'n8')")
     got = queue.claim(handbuilt_store, annotator="ann", limit=20, mode=mode)

@@ -10,7 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from auditor import queue, review, risk
+from auditor import review, risk
+from auditor.review import cache, queue, snapshots
+from auditor.review.background import BackgroundWork
+from auditor.review.refit import BackgroundRefit
 from auditor.config import DEFAULT_MODEL, RiskConfig
 from auditor.estimate import export_estimate, stratified_correction, strata_edges
 from auditor.frontier import baseline_curve, frontier_ratio
@@ -158,7 +161,7 @@ def test_calibration_recovers_a_known_level_and_keeps_the_order():
 def test_background_refit_runs_after_enough_verdicts_and_warms_the_queue(tmp_path, planted_cranfield):
     store = SharedStore(copy_store(planted_cranfield["path"], tmp_path / "bg.duckdb"))
     con = store.cursor()
-    refit = risk.BackgroundRefit(store.cursor, RiskConfig(refit_every=3, min_labels=3, min_per_class=1))
+    refit = BackgroundRefit(store, RiskConfig(refit_every=3, min_labels=3, min_per_class=1))
     key = set(read_answer_key(planted_cranfield["answer_key"]))
     items = [tuple(x) for x in queue.build_queue(con, limit=2)[["query_id", "doc_id"]].itertuples(index=False)]
     _judge(con, items, key)
@@ -170,14 +173,14 @@ def test_background_refit_runs_after_enough_verdicts_and_warms_the_queue(tmp_pat
     assert refit.notify(M, wait=True) is True
     assert refit.fits == 1 and refit.last_error is None
     assert risk.current_fit(con, M)["fit_id"] > before and not risk.is_stale(con, M)
-    assert queue.refresh(con) == 0  # the refit rebuilt the queue's tables for the new fit itself
+    assert cache.refresh(con) == 0  # the refit rebuilt the queue's tables for the new fit itself
     store.close()
 
 
 def test_background_refits_take_at_most_their_share_of_the_time(tmp_path, planted_cranfield):
     store = SharedStore(copy_store(planted_cranfield["path"], tmp_path / "share.duckdb"))
     con = store.cursor()
-    refit = risk.BackgroundRefit(store.cursor, RiskConfig(refit_every=1, min_labels=3, min_per_class=1,
+    refit = BackgroundRefit(store, RiskConfig(refit_every=1, min_labels=3, min_per_class=1,
                                                           refit_max_share=0.25))
     key = set(read_answer_key(planted_cranfield["answer_key"]))
     items = [tuple(x) for x in queue.build_queue(con, mode="risk", limit=6)[["query_id", "doc_id"]]
@@ -195,11 +198,11 @@ def test_background_refits_take_at_most_their_share_of_the_time(tmp_path, plante
     assert time.monotonic() - first_end >= 3 * took * 0.9
     refit.wait()
     with pytest.raises(ValueError, match="refit_max_share"):
-        risk.BackgroundRefit(store.cursor, RiskConfig(refit_max_share=0))
+        BackgroundRefit(store, RiskConfig(refit_max_share=0))
     store.close()
 
 
-def test_after_a_refit_a_caller_gets_the_new_order_unless_it_accepts_the_old_one(tmp_path, planted_cranfield):
+def test_after_a_refit_a_command_gets_the_new_order_and_the_app_the_old_one_until_rebuilt(tmp_path, planted_cranfield):
     store = SharedStore(copy_store(planted_cranfield["path"], tmp_path / "stale.duckdb"))
     con = store.cursor()
     key = set(read_answer_key(planted_cranfield["answer_key"]))
@@ -217,17 +220,17 @@ def test_after_a_refit_a_caller_gets_the_new_order_unless_it_accepts_the_old_one
     first = list(top(con, limit=40).items())  # the queue's table at this fit
     _judge(con, [k for k, _ in first[:20]], key)
     risk.fit(con, M)  # a new fit: new P for every candidate
-    cur = con.cursor()  # a command's own connection, closed right after its answer
-    fresh = list(top(cur, limit=40).items())
-    cur.close()
-    assert dict(fresh) == stored(dict(fresh))  # a command is answered by the fit in force
+    fresh = list(top(con, limit=40).items())
+    assert dict(fresh) == stored(dict(fresh))  # no background owner (a command): answered by the fit in force
+    work = BackgroundWork.of(store)  # the app's process: the store has a background owner
     _judge(con, [k for k, _ in fresh[:20]], key)
     risk.fit(con, M)
-    stale = top(con, stale_ok=True)  # the app's worklist: the previous order at once, the new one built behind it
+    stale = top(con)  # the previous order at once, the new one built behind it by the owner
     assert stale == dict(fresh[20:]) and stale != stored(stale)
-    queue.wait_for_rebuilds()
-    assert top(con) == stored(top(con))  # the rebuilt table is the new fit's
+    work.wait()
+    assert top(con) == stored(top(con))  # the rebuilt page is the new fit's
     store.close()
+    assert work.submit("late", lambda cur: None) is None  # closing the store closed its owner
 
 
 # ---- the default queue: what a verdict would change ------------------------------------------------------------------
@@ -300,7 +303,7 @@ def test_default_queue_stays_the_pool_through_every_kind_of_verdict(planted, mon
             reselected.append(kw.get("query_ids") or kw.get("queries"))
         return original(*args, **kw)
 
-    monkeypatch.setattr(queue, "review_pool_sql", spy)
+    monkeypatch.setattr(snapshots, "review_pool_sql", spy)
 
     def queued() -> set:
         return {(it["query_id"], it["doc_id"]) for it in _queue(con, annotator=None, selection=sel)}

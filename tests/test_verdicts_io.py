@@ -9,7 +9,7 @@ import pytest
 from auditor import review
 from auditor.cli import main as cli_main
 from auditor.store import open_store
-from auditor.verdicts_io import VerdictFileError, export_verdicts, import_verdicts
+from auditor.review.io import VerdictFileError, export_verdicts, import_verdicts
 
 
 def _write(path, lines):

@@ -123,7 +123,7 @@ def run_queue(args: argparse.Namespace) -> int:
     con = existing_store(args.db, read_only=not writes)
     try:
         if args.release:
-            from auditor.queue import release
+            from auditor.review.leases import release
 
             n = release(con, args.annotator)
             print(json.dumps({"released": n}) if args.json else f"released {n} held item(s) of {args.annotator}")
@@ -134,7 +134,7 @@ def run_queue(args: argparse.Namespace) -> int:
                   query_id=args.query_id, seed=args.seed, double_annotation=args.double_annotation,
                   selection=selection)
         if args.claim:
-            from auditor.queue import claim
+            from auditor.review import claim
 
             items = claim(con, annotator=args.annotator, limit=args.limit, ttl=args.lease_minutes * 60, **kw)
         else:
@@ -186,7 +186,7 @@ def _records(df) -> list[dict]:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from auditor.verdicts_io import import_verdicts
+    from auditor.review.io import import_verdicts
 
     from auditor.signals import interrupt_on_signals
 
@@ -231,7 +231,7 @@ def _fit_line(fit) -> str:
 
 def run_export(args: argparse.Namespace) -> int:
     from auditor.export import STDOUT
-    from auditor.verdicts_io import export_verdicts
+    from auditor.review.io import export_verdicts
 
     con = existing_store(args.db, read_only=True)
     try:

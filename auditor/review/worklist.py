@@ -1,47 +1,42 @@
 """One annotator's review session in the app: the items it holds (leases), the one on screen, and prefetching.
 
 The Review page keeps one :class:`Worklist` per browser session and queue choice. It holds a few items under lease
-(:func:`auditor.queue.claim`), shows the first, and after each verdict shows the next one at once: its context was
-computed in the background while the annotator read the previous item, and the lease that reserves it was taken
+(:func:`auditor.review.queue.claim`), shows the first, and after each verdict shows the next one at once: its context
+was computed in the background while the annotator read the previous item, and the lease that reserves it was taken
 then too. ``serial`` changes whenever the item on screen changes, so an action that names an older serial (a key
 pressed before the new item was drawn) is recognised as stale and ignored. Serials are unique in the process, not
 per worklist: a page keys its widgets by serial, and a new worklist (another queue choice) must not inherit the
 widget state of an old one's item with the same number.
 
-No Streamlit here (pages/_common.py holds the worklist in the session); everything is thread-safe.
+Prefetching is a light job of the store's background owner (:mod:`auditor.review.background`); without an owner (a
+test on a plain connection) it runs inline. No Streamlit here (pages/_common.py holds the worklist in the session);
+everything is thread-safe.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import duckdb
 
-from auditor import queue, review
 from auditor.ui_helpers import positive_marks
+
+from .background import owner_of
+from .choice import QueueChoice
+from .context import item_context
+from .leases import LEASE_SECONDS, add_skip, release, renew
+from .queue import build_queue, claim, hold
+from .verdicts import record_verdict, undo_last
 
 Cursor = Callable[[], duckdb.DuckDBPyConnection]
 
 #: Serials of items on screen, unique across every worklist in the process (see the module docstring).
 _SERIALS = itertools.count(1)
-
-def _lower_priority() -> None:
-    """Prefetch threads yield the CPU to the threads that answer key presses (Linux: nice per thread)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):  # pragma: no cover - not Linux, or not allowed
-        pass
-
-
-#: Background work of every worklist in the process (prefetching); two threads keep it off the page's path.
-_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="auditor-prefetch", initializer=_lower_priority)
 
 #: Prefetching starts this long after a page run, once the browser has drawn the item (on a small machine the two
 #: compete for the CPU); an annotator reads an item for longer than this.
@@ -61,7 +56,7 @@ def _key(item: dict[str, Any]) -> tuple[str, str]:
 def load_context(con: duckdb.DuckDBPyConnection, item: dict[str, Any]) -> dict[str, Any]:
     """What the Review page shows for ``item``: review.item_context plus, per positive, its similarity to the query
     and to the candidate (which positive is the anchor, which is nearest to the candidate)."""
-    ctx = review.item_context(con, item["query_id"], item["doc_id"], model=item.get("model"),
+    ctx = item_context(con, item["query_id"], item["doc_id"], model=item.get("model"),
                               config=item.get("config") or "default")
     ctx["marks"] = positive_marks(con, ctx["model"], item["query_id"], item["doc_id"],
                                   [p["doc_id"] for p in ctx["positives"]])
@@ -69,13 +64,13 @@ def load_context(con: duckdb.DuckDBPyConnection, item: dict[str, Any]) -> dict[s
 
 
 class Worklist:
-    """Items held for one annotator under one queue choice (``queue_kw`` for :func:`auditor.queue.claim`)."""
+    """Items held for one annotator under one queue choice."""
 
-    def __init__(self, cursor: Cursor, annotator: str, queue_kw: dict[str, Any], *, batch: int = 5, low: int = 3,
-                 ttl: float = queue.LEASE_SECONDS, key: Any = None,
+    def __init__(self, cursor: Cursor, annotator: str, choice: QueueChoice, *, batch: int = 5, low: int = 3,
+                 ttl: float = LEASE_SECONDS, key: Any = None,
                  after_verdicts: Callable[[duckdb.DuckDBPyConnection, str], None] | None = None,
                  progress: Callable[[duckdb.DuckDBPyConnection, str, str], Any] | None = None) -> None:
-        self._cursor, self.annotator, self.queue_kw = cursor, annotator, dict(queue_kw)
+        self._cursor, self.annotator, self.choice = cursor, annotator, choice
         #: run in the background after new verdicts, with the model (the app's risk refit)
         self._after_verdicts = after_verdicts
         #: computed in the background: what the page shows as progress (with model and config)
@@ -93,7 +88,7 @@ class Worklist:
         self._closed = False
         self._renewed = time.time()
         #: model and band configuration the queue resolved to (from the claimed items)
-        self._resolved: tuple[str | None, str | None] = (queue_kw.get("model"), queue_kw.get("config"))
+        self._resolved: tuple[str | None, str | None] = (choice.model, choice.config)
         self.serial = next(_SERIALS)  #: changes whenever the item on screen changes
         self.empty = False  #: the last claim found nothing to review
         self.error: str | None = None  #: the last background failure, for the page to show
@@ -125,8 +120,7 @@ class Worklist:
         with self._claiming:
             if self._closed:  # given back (another queue choice, sign-out): a late prefetch must not claim again
                 return
-            got = queue.claim(con, annotator=self.annotator, limit=self.batch, ttl=self.ttl, stale_ok=True,
-                              **self.queue_kw)
+            got = claim(con, self.choice, annotator=self.annotator, limit=self.batch, ttl=self.ttl)
         with self._lock:
             before = self.current_key()
             self.items = [it for it in got if _key(it) not in self._finished]
@@ -139,9 +133,8 @@ class Worklist:
 
     def count_left(self, con: duckdb.DuckDBPyConnection | None = None) -> int:
         """Items left in this queue for this annotator (those held here included), up to LEFT_CAP + 1."""
-        kw = {k: v for k, v in self.queue_kw.items() if k != "skip"}
-        n = len(queue.build_queue(con or self._cursor(), annotator=self.annotator, limit=LEFT_CAP + 1,
-                                  skip=list(self._finished), stale_ok=True, **kw))
+        n = len(build_queue(con or self._cursor(), self.choice, annotator=self.annotator, limit=LEFT_CAP + 1,
+                            skip=list(self._finished)))
         self.left = n
         return n
 
@@ -172,12 +165,12 @@ class Worklist:
         was claimed with), end its lease and move on. Returns the verdict's event id."""
         con = self._cursor()
         mode = item.get("mode")
-        event_id = review.record_verdict(
+        event_id = record_verdict(
             con, query_id=item["query_id"], doc_id=item["doc_id"], verdict=verdict, annotator=self.annotator,
             note=note, band=item.get("band"), queue_mode=mode,
             sampling_prob=item.get("sampling_prob") if (mode or "").startswith("stratified") else None,
         )
-        self.finish(*_key(item))  # its lease ends at the next claim (auditor.queue._expire): no lock on a key press
+        self.finish(*_key(item))  # its lease ends at the next claim (leases.expire): no lock on a key press
         with self._lock:
             self._new_verdicts += 1
             self.judged_here += 1
@@ -190,14 +183,14 @@ class Worklist:
 
     def skip(self, item: dict[str, Any]) -> None:
         """Set ``item`` aside for this annotator (kept across reloads) and let someone else take it."""
-        queue.add_skip(self._cursor(), self.annotator, *_key(item))
+        add_skip(self._cursor(), self.annotator, *_key(item))
         self.finish(*_key(item))
 
     def undo(self) -> dict[str, Any] | None:
         """Take back this annotator's latest verdict and show its item again (held again unless someone else holds
         it now). Returns what review.undo_last returns, plus ``held`` (whether the item is back on screen)."""
         con = self._cursor()
-        undone = review.undo_last(con, annotator=self.annotator)
+        undone = undo_last(con, annotator=self.annotator)
         if undone is None:
             return None
         row = con.execute("SELECT band, queue_mode, sampling_prob FROM verdicts WHERE event_id = ?",
@@ -206,8 +199,8 @@ class Worklist:
         model, config = self._resolved
         item = {"query_id": undone["query_id"], "doc_id": undone["doc_id"], "band": band, "mode": mode,
                 "sampling_prob": prob, "model": model, "config": config}
-        undone["held"] = queue.hold(con, self.annotator, item, ttl=self.ttl,
-                                    double_annotation=self.queue_kw.get("double_annotation"))
+        undone["held"] = hold(con, self.annotator, item, ttl=self.ttl,
+                              double_annotation=self.choice.double_annotation)
         if undone["held"]:
             self.push_front(item)
         return undone
@@ -246,18 +239,21 @@ class Worklist:
             if self._prefetching:
                 return
             self._prefetching = True
-        _POOL.submit(self._prefetch)
+        owner = owner_of(self._cursor())
+        if owner is None or owner.submit(("prefetch", id(self)), lambda _cur: self._prefetch(PREFETCH_DELAY_S),
+                                         heavy=False) is None:
+            self._prefetch(0.0)
 
-    def _prefetch(self) -> None:
+    def _prefetch(self, delay: float) -> None:
         try:
-            time.sleep(PREFETCH_DELAY_S)
+            time.sleep(delay)
             con = self._cursor()
             with self._lock:
                 short = len(self.items) < self.low and not self.empty
             if short:
                 self._refill(con)
             elif time.time() - self._renewed > RENEW_EVERY_S:
-                queue.renew(con, self.annotator, ttl=self.ttl)
+                renew(con, self.annotator, ttl=self.ttl)
                 self._renewed = time.time()
             with self._lock:
                 todo = [it for it in self.items if _key(it) not in self._contexts]
@@ -283,7 +279,7 @@ class Worklist:
         with self._lock:
             if self._closed or not self.items:
                 return 0
-        n = queue.renew(self._cursor(), self.annotator, ttl=self.ttl)
+        n = renew(self._cursor(), self.annotator, ttl=self.ttl)
         self._renewed = time.time()
         return n
 
@@ -294,4 +290,4 @@ class Worklist:
             with self._lock:
                 self.items = []
                 self._contexts.clear()
-            queue.release(self._cursor(), self.annotator)
+            release(self._cursor(), self.annotator)

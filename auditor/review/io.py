@@ -25,8 +25,9 @@ import duckdb
 import pandas as pd
 
 from auditor.config import DEFAULT_BAND_CONFIG
-from auditor.review import VERDICTS, record_verdicts
 from auditor.store import StoreError
+
+from .verdicts import VERDICTS, record_verdicts
 
 Progress = Callable[[int, int], None]
 
