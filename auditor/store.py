@@ -34,7 +34,7 @@ Added in schema version 2 (the lexical signal and the learned false-negative ris
 ``risk_fits``     one row per fit: verdicts it saw (``n_labels``, ``n_false_negative``, ``last_event_id``), the
                   blend weight given to the fitted model against the prior, and its parameters (JSON).
 
-Added in schema version 3 (the app for a team, see :mod:`auditor.accounts` and the leases in :mod:`auditor.review.leases`):
+Added in schema version 3 (the app for a team, see :mod:`auditor.accounts` and :mod:`auditor.review.leases`):
 
 ``users``         accounts: ``name``, ``role`` (annotator | lead | admin), ``password_hash`` (scrypt, salted; NULL for
                   accounts that sign in through OIDC only), ``email`` (what OIDC sign-in maps to the account).
@@ -47,6 +47,13 @@ Added in schema version 3 (the app for a team, see :mod:`auditor.accounts` and t
                   annotator on the item ends the lease).
 ``skips``         items an annotator skipped, kept out of that annotator's queue until brought back.
 ``meta``          + ``guidelines``: the review guidelines (Markdown) the lead sets.
+
+Added in schema version 4 (the review queue, see :mod:`auditor.review.cache`):
+
+``queue_pages``   the first items of each review order in use, as Arrow IPC (``rows``), with the fingerprint of the
+                  rows they were built from and the verdict event they reflect: a process that starts (the app after a
+                  restart) serves its first item from here instead of ranking every candidate again. A cache: any row
+                  may be deleted; at most ``KEPT_PAGES`` are kept.
 
 Views: ``scored`` adds delta and ratio (against ``s_pos_min``) to ``scores``; ``current_verdicts`` is each
 (query, candidate, annotator)'s latest verdict that was not undone.
@@ -66,7 +73,7 @@ import duckdb
 
 from auditor.config import STORE_MEMORY_LIMIT
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class StoreError(RuntimeError):
@@ -266,8 +273,21 @@ CREATE TABLE IF NOT EXISTS skips (
 );
 """
 
+_SCHEMA_V4 = """
+CREATE TABLE IF NOT EXISTS queue_pages (
+    page_key    VARCHAR PRIMARY KEY,
+    fingerprint VARCHAR NOT NULL,
+    page_limit  BIGINT,
+    complete    BOOLEAN NOT NULL,
+    event_id    BIGINT NOT NULL,
+    state       JSON,
+    rows        BLOB NOT NULL,
+    kept_at     TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+"""
+
 #: Migrations: MIGRATIONS[v] upgrades a store at version v-1 to version v. Version 1 is the initial schema.
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
 
 _LOCK_HINT = (
     "The store {path} is open in another process (the app or another auditor command). DuckDB lets one process "
@@ -413,9 +433,7 @@ def remember(con: duckdb.DuckDBPyConnection, key: str, value: str) -> bool:
     """Cache ``value`` under ``key`` in ``meta`` where that is safe: the store is writable and the caller holds no
     transaction (a failed write would abort it; a rolled-back one would be lost). False when nothing was written:
     the value is then simply computed again next time."""
-    readonly = con.execute(
-        "SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
-    if (readonly and readonly[0][0]) or in_transaction(con):
+    if not writable(con):
         return False
     con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
     return True
@@ -449,6 +467,35 @@ class SharedStore:
             fn()
         self._on_close.clear()
         self._con.close()
+
+
+#: Queue pages kept in a store (the newest; each order in use has one).
+KEPT_PAGES = 24
+
+
+def keep_page(con: duckdb.DuckDBPyConnection, key: str, fingerprint: str, limit: int | None, complete: bool,
+              event_id: int, state: str | None, rows: bytes) -> None:
+    """Keep one queue page (see ``queue_pages``), replacing the one under ``key``; only the newest KEPT_PAGES stay."""
+    with transaction(con):
+        con.execute("INSERT OR REPLACE INTO queue_pages (page_key, fingerprint, page_limit, complete, event_id, "
+                    "state, rows) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [key, fingerprint, limit, complete, event_id, state, rows])
+        con.execute("DELETE FROM queue_pages WHERE page_key NOT IN (SELECT page_key FROM queue_pages "
+                    f"ORDER BY kept_at DESC LIMIT {KEPT_PAGES})")
+
+
+def kept_page(con: duckdb.DuckDBPyConnection, key: str) -> tuple | None:
+    """(fingerprint, limit, complete, event_id, state, rows) of the page kept under ``key``, or None."""
+    rows = con.execute("SELECT fingerprint, page_limit, complete, event_id, state, rows FROM queue_pages "
+                       "WHERE page_key = ?", [key]).fetchall()
+    return rows[0] if rows else None
+
+
+def writable(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``con`` may write now: the store is not read-only and no transaction of the caller is open."""
+    readonly = con.execute(
+        "SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
+    return not (readonly and readonly[0][0]) and not in_transaction(con)
 
 
 def table_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:

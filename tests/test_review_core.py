@@ -12,9 +12,10 @@ from conftest import HANDBUILT_RISK_ORDER, copy_store
 
 from auditor import review
 from auditor.planted import read_answer_key
-from auditor.review import QueueChoice, cache, leases
+from auditor.review import QueueChoice, cache, leases, snapshots
+from auditor.review import queue as review_queue
 from auditor.review.background import BackgroundWork, owner_of
-from auditor.review.cache import Built, PageCache
+from auditor.review.cache import Built, PageCache, PageSpec
 from auditor.review.worklist import Worklist
 from auditor.store import SharedStore, open_store
 
@@ -36,14 +37,14 @@ def test_cache_keeps_the_newest_pages_and_drops_the_oldest_one_generation_late()
     pages = PageCache(size=2)
     calls: list = []
     fp = (("hard",), 1)
-    got = [pages.get(con, ("items", ("s",), i), lambda c: fp, _builder(calls)) for i in range(4)]
+    got = [pages.get(con, ("items", ("s",), i), PageSpec(_builder(calls), lambda c: fp)) for i in range(4)]
     assert calls == [cache.PAGE_ROWS] * 4
     live = set(pages.tables())
     # pages 0 and 1 were evicted; the older of them is dropped, the newer kept a generation for a slow reader
     assert got[0].table not in live and got[1].table in live and {got[2].table, got[3].table} <= live
-    again = pages.get(con, ("items", ("s",), 3), lambda c: fp, _builder(calls))
+    again = pages.get(con, ("items", ("s",), 3), PageSpec(_builder(calls), lambda c: fp))
     assert again is got[3] and len(calls) == 4  # a hit builds nothing
-    pages.get(con, ("items", ("s",), 0), lambda c: fp, _builder(calls))  # evicted: built again
+    pages.get(con, ("items", ("s",), 0), PageSpec(_builder(calls), lambda c: fp))  # evicted: built again
     assert len(calls) == 5
 
 
@@ -52,13 +53,13 @@ def test_cache_rebuilds_on_a_new_fingerprint_and_grows_a_page_on_demand():
     pages = PageCache()
     calls: list = []
     build = _builder(calls, rows=100)
-    first = pages.get(con, ("k", ("s",)), lambda c: (("a",), 1), build)
-    assert first.limit == cache.PAGE_ROWS and not first.complete or first.complete == (100 <= cache.PAGE_ROWS)
-    second = pages.get(con, ("k", ("s",)), lambda c: (("a",), 2), build)  # a refit, no owner: rebuilt now
+    first = pages.get(con, ("k", ("s",)), PageSpec(build, lambda c: (("a",), 1)))
+    assert first.limit == cache.PAGE_ROWS and first.complete == (100 <= cache.PAGE_ROWS)
+    second = pages.get(con, ("k", ("s",)), PageSpec(build, lambda c: (("a",), 2)))  # a refit, no owner: now
     assert second is not first and len(calls) == 2
     small = PageCache()
     calls.clear()
-    page = small._build(con, ("k",), (("a",), 1), build, lambda c: (("a",), 1), 4)
+    page = small._build(con, ("k",), (("a",), 1), PageSpec(build, lambda c: (("a",), 1)), 4)
     grown = small.grow(con, ("k",), page)
     assert calls == [4, 4 * cache.GROWTH] and grown.limit == 16 and not grown.complete
     whole = small.grow(con, ("k",), grown, whole=True)
@@ -79,17 +80,36 @@ def test_with_an_owner_a_refit_serves_the_old_page_and_rebuilds_it_behind(tmp_pa
         calls.append(limit)
         return Built(pa.table({"x": [len(calls)]}), complete=True)
 
-    old = pages.get(con, ("k", ("s",)), lambda c: (("a",), 1), build)
-    stale = pages.get(con, ("k", ("s",)), lambda c: (("a",), 2), build)
+    old = pages.get(con, ("k", ("s",)), PageSpec(build, lambda c: (("a",), 1)))
+    stale = pages.get(con, ("k", ("s",)), PageSpec(build, lambda c: (("a",), 2)))
     assert stale is old  # answered at once from the old fit's page
     gate.set()
     work.wait(10)
-    fresh = pages.get(con, ("k", ("s",)), lambda c: (("a",), 2), build)
+    fresh = pages.get(con, ("k", ("s",)), PageSpec(build, lambda c: (("a",), 2)))
     assert fresh is not old and pages.cursor().execute(f"SELECT x FROM {fresh.table}").fetchall() == [(2,)]
-    hard = pages.get(con, ("k", ("s",)), lambda c: (("b",), 2), build)  # re-banding: built before answering
+    hard = pages.get(con, ("k", ("s",)), PageSpec(build, lambda c: (("b",), 2)))  # re-banding: built now
     assert hard.fingerprint == (("b",), 2) and len(calls) == 3
     store.close()
     assert owner_of(con) is None and work.submit("late", lambda c: None) is None
+
+
+def test_a_page_kept_in_the_store_serves_a_new_process_without_a_rebuild(tmp_path):
+    con = open_store(tmp_path / "kept.duckdb")
+    calls: list = []
+    spec = PageSpec(_builder(calls, rows=50), lambda c: (("bands-1",), 7), name="items-default")
+    built = PageCache().get(con, ("items", ("s",)), spec)
+    assert calls == [cache.PAGE_ROWS] and built.complete
+    fresh_process = PageCache()  # a new process (the app after a restart): nothing in memory
+    loaded = fresh_process.get(con, ("items", ("s",)), spec)
+    assert calls == [cache.PAGE_ROWS] and loaded.complete  # read back, not built
+    assert fresh_process.cursor().execute(f"SELECT count(*) FROM {loaded.table}").fetchall() == [(50,)]
+    refit = PageSpec(_builder(calls, rows=50), lambda c: (("bands-1",), 8), name="items-default")
+    PageCache().get(con, ("items", ("s",)), refit)  # a refit since (no owner: rebuilt now), kept again
+    assert len(calls) == 2
+    rebanded = PageSpec(_builder(calls, rows=50), lambda c: (("bands-2",), 8), name="items-default")
+    PageCache().get(con, ("items", ("s",)), rebanded)  # other bands: the kept page is of no use
+    assert len(calls) == 3
+    assert con.execute("SELECT count(*) FROM queue_pages").fetchall() == [(1,)]
 
 
 # ---- pages are exact prefixes of their order ------------------------------------------------------------------
@@ -140,8 +160,17 @@ def test_the_export_page_patched_per_verdict_stays_the_prefix_of_the_export_orde
     monkeypatch.setattr(cache, "PAGE_ROWS", 1_000_000)
     expected = walk(open_store(copy_store(planted_cranfield["path"], tmp_path / "whole.duckdb")))
     monkeypatch.setattr(cache, "PAGE_ROWS", 8)
+    monkeypatch.setattr(snapshots, "SLICE_CANDIDATES", 3000)  # built a few hundred queries at a time
     got = walk(open_store(copy_store(planted_cranfield["path"], tmp_path / "paged.duckdb")))
     assert got == expected
+    # a restart half-way: the new process reads the page the store kept (built before 20 verdicts) and brings it
+    # up to date by selecting again every query judged since
+    con = open_store(copy_store(planted_cranfield["path"], tmp_path / "restart.duckdb"))
+    first = walk(con, 20)
+    restarted = PageCache()
+    monkeypatch.setattr(snapshots, "PAGES", restarted)
+    monkeypatch.setattr(review_queue, "PAGES", restarted)
+    assert first + walk(con, 20) == expected
     assert any(a for *_, a in expected) and any(not a for *_, a in expected)  # both streams were walked
 
 

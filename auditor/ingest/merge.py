@@ -90,6 +90,7 @@ def merge(con: duckdb.DuckDBPyConnection, dataset: str, source: str) -> dict[str
         INSERT INTO candidates (query_id, doc_id, source, source_rank, source_score, model)
         SELECT s.query_id, s.doc_id, ?, s.source_rank, s.source_score, NULL FROM s_cands s
         ANTI JOIN candidates c ON c.query_id = s.query_id AND c.doc_id = s.doc_id AND c.source = ?
+        ORDER BY s.query_id, s.source_rank NULLS LAST, s.doc_id
         """,
         [GIVEN_SOURCE, GIVEN_SOURCE],
     ).fetchone()[0]

@@ -13,6 +13,8 @@ that just looked up its name still finds it (a reader slower than that gets a Ca
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -21,13 +23,21 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.ipc  # noqa: F401 - pa.ipc
+
+from auditor.store import keep_page, kept_page, writable
 
 from .background import owner_of
 from .state import store_key
 
+log = logging.getLogger(__name__)
+
 #: Rows a new page holds (per order; each growth multiplies it by ``GROWTH``).
 PAGE_ROWS = 4096
 GROWTH = 4
+
+#: Past this many rows a page is the whole order (DuckDB's top-n aggregates stop below a million).
+MAX_PAGE_ROWS = 500_000
 
 #: A page not asked for in this long is not rebuilt by ``refresh`` (it is rebuilt if it is asked for again).
 REFRESH_IDLE_S = 60.0
@@ -47,22 +57,45 @@ Builder = Callable[[duckdb.DuckDBPyConnection, int | None], Built]
 Fingerprinter = Callable[[duckdb.DuckDBPyConnection], tuple]
 
 
+def _no_state(state: Any) -> str | None:
+    return None
+
+
+def _load_none(con: duckdb.DuckDBPyConnection, text: str | None) -> Any:
+    return None
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    """How to build one order's page, read its fingerprint, and keep it in the store (``name``: its key there;
+    None: not kept), with its state written and read as JSON."""
+
+    build: Builder
+    fingerprint_of: Fingerprinter
+    name: str | None = None
+    dump_state: Callable[[Any], str | None] = _no_state
+    load_state: Callable[[duckdb.DuckDBPyConnection, str | None], Any] = _load_none
+
+
 @dataclass
 class Page:
     fingerprint: tuple
     table: str
     limit: int | None  #: rows asked of the builder (None: every row)
     complete: bool
-    build: Builder
-    fingerprint_of: Fingerprinter
+    spec: PageSpec
     event_id: int = 0
     state: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)  #: one patcher at a time (export pages)
     used_at: float = 0.0  #: time.monotonic() of the last request served from it (``refresh`` skips idle ones)
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
 class PageCache:
-    """Pages derived from stores, newest ``size`` kept."""
+    """Pages derived from stores, newest ``size`` kept in memory (and each in its store, see ``queue_pages``)."""
 
     def __init__(self, size: int = 8) -> None:
         self.size = size
@@ -89,30 +122,32 @@ class PageCache:
         """Tables alive in the in-memory database (tests of eviction)."""
         return [r[0] for r in self.cursor().execute("SELECT table_name FROM duckdb_tables()").fetchall()]
 
-    def get(self, con: duckdb.DuckDBPyConnection, key: tuple, fingerprint_of: Fingerprinter, build: Builder,
+    def get(self, con: duckdb.DuckDBPyConnection, key: tuple, spec: PageSpec,
             fingerprint: tuple | None = None) -> Page:
-        """The page for ``key`` (``fingerprint`` is (hard, soft), read by the caller if it has it already)."""
+        """The page for ``key`` (``fingerprint`` is (hard, soft), read by the caller if it has it already): from
+        memory, else as the store kept it, else built now."""
         if fingerprint is None:
-            fingerprint = fingerprint_of(con)
+            fingerprint = spec.fingerprint_of(con)
         with self._lock:
             hit = self._pages.get(key)
-            if hit is not None:
-                hit.used_at = time.monotonic()
-                if hit.fingerprint == fingerprint:
-                    return hit
+        if hit is None and spec.name is not None:
+            hit = self._load(con, key, spec, fingerprint)
+        if hit is not None:
+            hit.used_at = time.monotonic()
+            if hit.fingerprint == fingerprint:
+                return hit
         owner = owner_of(con) if hit is not None and hit.fingerprint[0] == fingerprint[0] else None
         if owner is not None:
             limit = hit.limit
-            owner.submit(("page", key), lambda cur: self._build(cur, key, fingerprint_of(cur), build,
-                                                                fingerprint_of, limit))
+            owner.submit(("page", key), lambda cur: self._build(cur, key, spec.fingerprint_of(cur), spec, limit))
             return hit
-        return self._build(con, key, fingerprint, build, fingerprint_of, hit.limit if hit else PAGE_ROWS)
+        return self._build(con, key, fingerprint, spec, hit.limit if hit else PAGE_ROWS)
 
     def grow(self, con: duckdb.DuckDBPyConnection, key: tuple, page: Page, whole: bool = False) -> Page:
         """A longer page of the same order (annotators got past this one; ``whole``: all of it), built now: the
         request needs it."""
         limit = None if whole or page.limit is None else page.limit * GROWTH
-        return self._build(con, key, page.fingerprint, page.build, page.fingerprint_of, limit, replacing=page)
+        return self._build(con, key, page.fingerprint, page.spec, limit, replacing=page)
 
     def refresh(self, con: duckdb.DuckDBPyConnection) -> int:
         """Rebuild, on ``con`` and now, this store's pages in use (asked for in the last ``REFRESH_IDLE_S``) whose
@@ -122,42 +157,89 @@ class PageCache:
             pages = [(k, p) for k, p in self._pages.items() if k[1] == store and p.used_at >= recent]
         rebuilt = 0
         for key, page in pages:
-            fingerprint = page.fingerprint_of(con)
+            fingerprint = page.spec.fingerprint_of(con)
             if fingerprint != page.fingerprint:
-                self._build(con, key, fingerprint, page.build, page.fingerprint_of, page.limit)
+                self._build(con, key, fingerprint, page.spec, page.limit)
                 rebuilt += 1
         return rebuilt
 
-    def _build(self, con: duckdb.DuckDBPyConnection, key: tuple, fingerprint: tuple, build: Builder,
-               fingerprint_of: Fingerprinter, limit: int | None, replacing: Page | None = None) -> Page:
+    def _load(self, con: duckdb.DuckDBPyConnection, key: tuple, spec: PageSpec, fingerprint: tuple) -> Page | None:
+        """The page the store kept under ``spec.name`` if it was built from the same bands and scores (a refit
+        since makes it stale, not useless: it serves while the new one is built)."""
+        try:
+            kept = kept_page(con, spec.name)
+        except duckdb.Error:  # an older store without the table, or a closed one: build instead
+            return None
+        if kept is None:
+            return None
+        fp_text, limit, complete, event_id, state, blob = kept
+        hard, soft = json.loads(fp_text)
+        if hard != json.loads(_json(fingerprint[0])):
+            return None
+        rows = pa.ipc.open_stream(blob).read_all()
+        keep_fp = fingerprint if soft == json.loads(_json(fingerprint[1])) else (fingerprint[0], ("kept", soft))
+        return self._install(key, keep_fp, limit, Built(rows, complete, event_id, spec.load_state(con, state)), spec)
+
+    def _keep(self, con: duckdb.DuckDBPyConnection, page: Page, built: Built) -> None:
+        """Write the page into its store: by the background owner where there is one, else now where ``con`` may
+        write (a command outside a transaction); a read-only or busy connection keeps nothing."""
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, built.rows.schema) as writer:
+            writer.write_table(built.rows)
+        args = (page.spec.name, _json([page.fingerprint[0], page.fingerprint[1]]), page.limit, page.complete,
+                built.event_id, page.spec.dump_state(built.state), sink.getvalue().to_pybytes())
+
+        def job(cur: duckdb.DuckDBPyConnection) -> None:
+            keep_page(cur, *args)
+
+        owner = owner_of(con)
+        if owner is not None:
+            owner.submit(("keep", page.spec.name), job, heavy=False)
+        else:
+            try:
+                if writable(con):
+                    job(con)
+            except duckdb.Error as exc:  # a cache: failing to keep it costs a rebuild later, nothing else
+                log.debug("queue page not kept: %s", exc)
+
+    def _build(self, con: duckdb.DuckDBPyConnection, key: tuple, fingerprint: tuple, spec: PageSpec,
+               limit: int | None, replacing: Page | None = None) -> Page:
         with self._build_lock:  # one builder at a time; whoever waited finds the fresh page
             with self._lock:
                 hit = self._pages.get(key)
             if hit is not None and hit.fingerprint == fingerprint and hit is not replacing and (
                     hit.complete or (limit is not None and hit.limit is not None and hit.limit >= limit)):
                 return hit
-            built = build(con, limit)
-            name = f"page_{next(self._seq)}"
-            mem = self.cursor()
-            mem.register("_arrow_page", built.rows)
-            try:
-                mem.execute(f"CREATE TABLE {name} AS SELECT * FROM _arrow_page")
-            finally:
-                mem.unregister("_arrow_page")
-            page = Page(fingerprint, name, limit, built.complete, build, fingerprint_of, built.event_id, built.state,
-                        used_at=time.monotonic())
-            with self._lock:
-                old = self._pages.pop(key, None)
-                self._pages[key] = page
-                if old is not None:
-                    self._retired.append(old.table)
-                while len(self._pages) > self.size:
-                    self._retired.append(self._pages.pop(next(iter(self._pages))).table)
-                doomed = self._retired[:-1]
-                del self._retired[: len(doomed)]
-            for table in doomed:
-                mem.execute(f"DROP TABLE IF EXISTS {table}")
-            return page
+            if limit is not None and limit >= MAX_PAGE_ROWS:
+                limit = None
+            built = spec.build(con, limit)
+            page = self._install(key, fingerprint, limit, built, spec)
+        if spec.name is not None:
+            self._keep(con, page, built)
+        return page
+
+    def _install(self, key: tuple, fingerprint: tuple, limit: int | None, built: Built, spec: PageSpec) -> Page:
+        name = f"page_{next(self._seq)}"
+        mem = self.cursor()
+        mem.register("_arrow_page", built.rows)
+        try:
+            mem.execute(f"CREATE TABLE {name} AS SELECT * FROM _arrow_page")
+        finally:
+            mem.unregister("_arrow_page")
+        page = Page(fingerprint, name, limit, built.complete, spec, built.event_id, built.state,
+                    used_at=time.monotonic())
+        with self._lock:
+            old = self._pages.pop(key, None)
+            self._pages[key] = page
+            if old is not None:
+                self._retired.append(old.table)
+            while len(self._pages) > self.size:
+                self._retired.append(self._pages.pop(next(iter(self._pages))).table)
+            doomed = self._retired[:-1]
+            del self._retired[: len(doomed)]
+        for table in doomed:
+            mem.execute(f"DROP TABLE IF EXISTS {table}")
+        return page
 
 
 PAGES = PageCache()

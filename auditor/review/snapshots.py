@@ -17,8 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import json
+
 import duckdb
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
 from auditor.audit import AuditDesign
 from auditor.audit import design as audit_design
@@ -28,7 +31,7 @@ from auditor.sql import lit, query_ids_sql
 from auditor.store import in_transaction
 from auditor.tradeoff import Tradeoff
 
-from .cache import PAGES, Built, Page
+from .cache import PAGES, Built, Page, PageSpec
 from .choice import BAND_LEVEL_SQL, QueueChoice
 from .state import Request, fingerprint, last_event, settle
 
@@ -46,57 +49,87 @@ def _filters(choice: QueueChoice, alias: str = "") -> tuple[str, str]:
     return only, bands
 
 
-def _item_page_sql(choice: QueueChoice, config: str, model: str, limit: int | None) -> str:
-    """The item page: the first ``limit`` items of the risk order and of each band's random order (every item when
-    ``limit`` is None), with risk_pos, band_pos, band_size and strat_pos, and what the queue shows of each."""
+def _page_ids(con: duckdb.DuckDBPyConnection, choice: QueueChoice, config: str, model: str,
+              limit: int | None, floor: bool = True) -> pa.Table:
+    """(query_id, doc_id, risk_pos, band_pos, band_size) of the first ``limit`` items of the risk order and of each
+    band's random order (every item when ``limit`` is None), of the items ``choice``'s filters leave.
+
+    Each step is its own statement over a small relation, so DuckDB never builds a hash table of every candidate
+    (at 10M candidates one statement joining bands, scores and risk took 8.5 s and all of the store's memory)."""
     only, band_filter = _filters(choice)
-    level = BAND_LEVEL_SQL.format(b="band")
-    seed = int(choice.seed)
-    cut = "" if limit is None else f"LIMIT {int(limit)}"
+    key, cfg = f"model = {lit(model)}{only}", f"config = {lit(config)} AND model = {lit(model)}{only}{band_filter}"
+    rkey = f"hash(query_id, doc_id, {int(choice.seed)}::BIGINT)"
     if limit is None:
-        strat = """SELECT query_id, doc_id, row_number() OVER (PARTITION BY band ORDER BY rkey, query_id, doc_id)
-                          AS band_pos, count(*) OVER (PARTITION BY band) AS band_size FROM b"""
+        strat = con.sql(f"""SELECT query_id, doc_id, row_number() OVER (PARTITION BY band ORDER BY {rkey}, query_id,
+                                   doc_id) AS band_pos, count(*) OVER (PARTITION BY band) AS band_size
+                            FROM bands WHERE {cfg}""").to_arrow_table()
     else:  # one pass: each band's size and its first `limit` keys (no sort of the band)
-        strat = f"""SELECT k[2] AS query_id, k[3] AS doc_id, band_pos, band_size FROM (
-                        SELECT unnest(firsts) AS k, unnest(range(1, len(firsts) + 1)) AS band_pos, band_size
-                        FROM (SELECT band, count(*) AS band_size,
-                                     min_by((rkey, query_id, doc_id), (rkey, query_id, doc_id), {int(limit)}) AS firsts
-                              FROM b GROUP BY band))"""
-    return f"""
-        WITH b AS (SELECT query_id, doc_id, band, {level} AS band_level, hash(query_id, doc_id, {seed}::BIGINT) AS rkey
-                   FROM bands WHERE config = {lit(config)} AND model = {lit(model)}{only}{band_filter}),
-        rtop AS (
+        strat = con.sql(f"""
+            SELECT k[2] AS query_id, k[3] AS doc_id, band_pos, band_size FROM (
+                SELECT unnest(firsts) AS k, unnest(range(1, len(firsts) + 1)) AS band_pos, band_size
+                FROM (SELECT band, count(*) AS band_size, min_by(k, k, {int(limit)}) AS firsts
+                      FROM (SELECT band, ({rkey}, query_id, doc_id) AS k FROM bands WHERE {cfg}) GROUP BY band))
+        """).to_arrow_table()
+    # The risk order's first `limit` items are among the risk rows at or above the limit-th highest P(false
+    # negative) (every band and source: a filter could need lower ones); only those are joined.
+    within, risk = "", f"LEFT JOIN (SELECT query_id, doc_id, p_fn FROM risk WHERE {key}) r USING (query_id, doc_id)"
+    riskiest = None
+    if floor and limit is not None and not choice.bands and choice.source is None:
+        riskiest = con.sql(f"""SELECT query_id, doc_id, p_fn FROM risk WHERE {key} AND p_fn >= (
+                                   SELECT min(p_fn) FROM (SELECT p_fn FROM risk WHERE {key} AND p_fn IS NOT NULL
+                                                          ORDER BY p_fn DESC LIMIT {int(limit)}))""").to_arrow_table()
+        if riskiest.num_rows >= limit:
+            within = " AND (query_id, doc_id) IN (SELECT query_id, doc_id FROM _riskiest)"
+            risk = "JOIN _riskiest r USING (query_id, doc_id)"
+    rtop_sql = f"""
+        SELECT query_id, doc_id, row_number() OVER () AS risk_pos FROM (
             SELECT b.query_id, b.doc_id
-            FROM b JOIN (SELECT query_id, doc_id, delta, rank FROM scored WHERE model = {lit(model)}{only}) s
-                        USING (query_id, doc_id)
-                   LEFT JOIN (SELECT query_id, doc_id, p_fn FROM risk WHERE model = {lit(model)}{only}) r
-                        USING (query_id, doc_id)
+            FROM (SELECT query_id, doc_id, {BAND_LEVEL_SQL.format(b="band")} AS band_level FROM bands
+                  WHERE {cfg}{within}) b
+            JOIN (SELECT query_id, doc_id, delta, rank FROM scored WHERE {key}{within}) s USING (query_id, doc_id)
+            {risk}
             ORDER BY r.p_fn DESC NULLS LAST, b.band_level, s.delta DESC, s.rank NULLS LAST, b.query_id, b.doc_id
-            {cut}),
-        ranked AS (SELECT query_id, doc_id, row_number() OVER () AS risk_pos FROM rtop),
-        strat AS ({strat}),
-        ids AS (SELECT * FROM ranked FULL JOIN strat USING (query_id, doc_id))
-        SELECT i.*, ids.risk_pos, ids.band_pos, ids.band_size, ids.band_pos * 3 + i.band_level AS strat_pos
-        FROM ids
-        JOIN (SELECT query_id, doc_id, band, rule, weight, {level} AS band_level
-              FROM bands WHERE config = {lit(config)} AND model = {lit(model)}{only}) i USING (query_id, doc_id)
-        ORDER BY ids.risk_pos NULLS LAST
-    """
+            {"" if limit is None else f"LIMIT {int(limit)}"})"""
+    if within:
+        con.register("_riskiest", riskiest)
+    try:
+        rtop = con.sql(rtop_sql).to_arrow_table()
+    finally:
+        if within:
+            con.unregister("_riskiest")
+    if within and rtop.num_rows < limit:  # risk rows without bands (another configuration's): the long way
+        return _page_ids(con, choice, config, model, limit, floor=False)
+    con.register("_rtop", rtop)
+    con.register("_strat", strat)
+    try:
+        return con.sql("SELECT * FROM _rtop FULL JOIN _strat USING (query_id, doc_id)").to_arrow_table()
+    finally:
+        con.unregister("_rtop")
+        con.unregister("_strat")
 
 
-def _details_sql(page_ids: str, model: str, only: str) -> str:
-    """Scores, risk and sources of the items named by relation ``page_ids``."""
+def _details_sql(page_ids: str, config: str, model: str, only: str) -> str:
+    """Band, scores, risk and sources of the items named by relation ``page_ids`` (each scan keeps only them)."""
+    mine = f"{only} AND (query_id, doc_id) IN (SELECT query_id, doc_id FROM {page_ids})"
     return f"""
-        SELECT p.*, s.s_neg, s.s_pos_min, s.s_pos_max, s.delta, s.ratio, s.rank, r.p_fn,
-               coalesce(src.sources, []::VARCHAR[]) AS sources
+        SELECT b.query_id, b.doc_id, b.band, b.rule, b.weight, {BAND_LEVEL_SQL.format(b="b.band")} AS band_level,
+               s.s_neg, s.s_pos_min, s.s_pos_max, s.delta, s.ratio, s.rank, r.p_fn,
+               coalesce(src.sources, []::VARCHAR[]) AS sources,
+               p.risk_pos, p.band_pos, p.band_size, p.band_pos * 3 + band_level AS strat_pos
         FROM {page_ids} p
-        JOIN (SELECT * FROM scored WHERE model = {lit(model)}{only}) s USING (query_id, doc_id)
-        LEFT JOIN (SELECT query_id, doc_id, p_fn FROM risk WHERE model = {lit(model)}{only}) r USING (query_id, doc_id)
+        JOIN (SELECT query_id, doc_id, band, rule, weight FROM bands
+              WHERE config = {lit(config)} AND model = {lit(model)}{mine}) b USING (query_id, doc_id)
+        JOIN (SELECT * FROM scored WHERE model = {lit(model)}{mine}) s USING (query_id, doc_id)
+        LEFT JOIN (SELECT query_id, doc_id, p_fn FROM risk WHERE model = {lit(model)}{mine}) r USING (query_id, doc_id)
         LEFT JOIN (SELECT query_id, doc_id, list(DISTINCT source ORDER BY source) AS sources
-                   FROM candidates WHERE (query_id, doc_id) IN (SELECT query_id, doc_id FROM {page_ids}){only}
-                   GROUP BY query_id, doc_id) src USING (query_id, doc_id)
-        ORDER BY p.risk_pos NULLS LAST, p.strat_pos
+                   FROM candidates WHERE true{mine} GROUP BY query_id, doc_id) src USING (query_id, doc_id)
+        ORDER BY p.risk_pos NULLS LAST, strat_pos
     """
+
+
+def _kept_name(key: tuple) -> str:
+    """A page's key in the store: its key in memory without the store's own path."""
+    return json.dumps([key[0], *key[2:]], default=str)
 
 
 def item_page(con: duckdb.DuckDBPyConnection, req: Request) -> tuple[tuple, Page]:
@@ -107,20 +140,21 @@ def item_page(con: duckdb.DuckDBPyConnection, req: Request) -> tuple[tuple, Page
 
     def build(con: duckdb.DuckDBPyConnection, limit: int | None) -> Built:
         settle(con)
-        ids = con.sql(_item_page_sql(choice, config, model, limit)).to_arrow_table()
+        ids = _page_ids(con, choice, config, model, limit)
         con.register("_page_ids", ids)
         try:
-            rows = con.sql(_details_sql("_page_ids", model, only)).to_arrow_table()
+            rows = con.sql(_details_sql("_page_ids", config, model, only)).to_arrow_table()
         finally:
             con.unregister("_page_ids")
-        sizes = con.execute(
-            f"SELECT count(*) FROM bands b WHERE config = {lit(config)} AND model = {lit(model)}"
-            f"{_filters(choice, 'b')[0]}{_filters(choice, 'b')[1]}").fetchall()[0][0] if limit is not None else 0
-        complete = limit is None or sizes <= limit
-        return Built(rows, complete)
+        # every band with items has its first ones in the page: the page is whole when the bands fit in it
+        sizes = pa.TableGroupBy(rows.filter(pa.compute.is_valid(rows["band_size"])), "band").aggregate(
+            [("band_size", "max")]) if rows.num_rows else None
+        total = 0 if sizes is None else pa.compute.sum(sizes["band_size_max"]).as_py() or 0
+        return Built(rows, limit is None or total <= limit)
 
     key = ("items", req.store, config, model, int(choice.seed), choice.bands, choice.source, choice.query_id)
-    page = PAGES.get(con, key, lambda c: fingerprint(c, config, model), build, fingerprint=req.fingerprint)
+    spec = PageSpec(build, lambda c: fingerprint(c, config, model), name=_kept_name(key))
+    page = PAGES.get(con, key, spec, fingerprint=req.fingerprint)
     return key, page
 
 
@@ -144,6 +178,9 @@ class ExportState:
     sizes: dict  #: per stream ('audit', 'other'): its rows in the whole pool (None: not counted, page complete)
     bounds: dict | None = None  #: per stream: the last order key in the page, None when the stream is whole
     counts: dict | None = None  #: per stream: rows in the page now
+    #: read back from the store: the flags are today's, so every query judged since the page was built is selected
+    #: again at the next patch, changed flags or not
+    reselect_touched: bool = False
 
 
 def verdict_flags(con: duckdb.DuckDBPyConnection, queries: list[str] | None) -> dict[tuple[str, str], tuple]:
@@ -177,10 +214,14 @@ _STREAM_KEY = {"audit": "(u, query_id, doc_id)", "other": "(-gain, query_id, doc
 _STREAM_WHERE = {"audit": "audit", "other": "NOT audit"}
 
 
-def _pool_sql(selection: Selection, model: str, plan: ExportPlan, query_ids: list[str] | None) -> str:
-    """The review pool (:mod:`auditor.gain`) with its scores: of every query, or of ``query_ids`` only."""
+def _pool_sql(selection: Selection, model: str, plan: ExportPlan, query_ids: list[str] | None,
+              queries: str | None = None) -> str:
+    """The review pool (:mod:`auditor.gain`) with its scores: of every query, of ``query_ids`` only, or of the
+    queries in relation ``queries``."""
     only = "" if query_ids is None else f" AND {query_ids_sql(query_ids)}"
-    pool = review_pool_sql(selection, model, plan.tradeoff, plan.audit, query_ids=query_ids)
+    if queries is not None:
+        only += f" AND query_id IN (SELECT query_id FROM {queries})"
+    pool = review_pool_sql(selection, model, plan.tradeoff, plan.audit, query_ids=query_ids, queries=queries)
     # The pool carries band, rule, weight, rank, sources and risk already: only the scores are joined.
     return f"""
         SELECT e.query_id, e.doc_id, e.band, e.rule, e.weight, {BAND_LEVEL_SQL.format(b="e.band")} AS band_level,
@@ -192,14 +233,54 @@ def _pool_sql(selection: Selection, model: str, plan: ExportPlan, query_ids: lis
     """
 
 
-def _cut_sql(pool: str, limit: int | None) -> str:
-    """The first ``limit`` rows of each stream of ``pool`` (all of them when None)."""
-    if limit is None:
-        return pool
-    return f"""SELECT * EXCLUDE (rn) FROM (
-                   SELECT *, row_number() OVER (PARTITION BY audit ORDER BY CASE WHEN audit THEN u ELSE -gain END,
-                                                                        query_id, doc_id) AS rn
-                   FROM ({pool})) WHERE rn <= {int(limit)}"""
+#: Candidates per slice of queries when an export page is built (a slice's selection sorts this many rows).
+SLICE_CANDIDATES = 1_000_000
+
+
+def _slices(con: duckdb.DuckDBPyConnection, query_ids: list[str] | None) -> list[pa.Table | None]:
+    """The queries in slices of consecutive ids of about SLICE_CANDIDATES candidates each (None: every query).
+
+    Scores, bands, risk and candidates are written in query-id order, so a slice's rows lie in a few row groups of
+    each table, which DuckDB reads alone (the semi-join on the slice's ids filters every scan by their range)."""
+    if query_ids is not None:
+        return [None]
+    n_candidates, n_queries = con.execute("SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM queries)"
+                                          ).fetchall()[0]
+    parts = -(-int(n_candidates) // SLICE_CANDIDATES)
+    if parts <= 1:
+        return [None]
+    ids = con.sql("SELECT query_id FROM queries ORDER BY query_id").to_arrow_table()["query_id"]
+    step = -(-int(n_queries) // parts)
+    return [pa.table({"query_id": ids.slice(i, step)}) for i in range(0, len(ids), step)]
+
+
+def _heads(con: duckdb.DuckDBPyConnection, selection: Selection, model: str, plan: ExportPlan,
+           query_ids: list[str] | None, limit: int) -> tuple[pa.Table, dict]:
+    """(query_id, doc_id) of the first ``limit`` items of each stream of the pool, and each stream's size, keeping
+    only ids and order keys, a slice of queries at a time (DuckDB's memory holds one slice's selection, not the
+    store's); the slices' heads are merged here."""
+    key = "CASE WHEN audit THEN u ELSE -gain END"
+    sizes = {"audit": 0, "other": 0}
+    firsts: dict[str, list] = {"audit": [], "other": []}
+    for part in _slices(con, query_ids):
+        if part is not None:
+            con.register("_slice", part)
+        try:
+            pool = review_pool_sql(selection, model, plan.tradeoff, plan.audit, query_ids=query_ids,
+                                   queries=None if part is None else "_slice")
+            heads = con.sql(f"""
+                SELECT audit, count(*) AS n, min_by(k, k, {int(limit)}) AS firsts
+                FROM (SELECT audit, ({key}, query_id, doc_id) AS k FROM ({pool})) GROUP BY audit""").fetchall()
+        finally:
+            if part is not None:
+                con.unregister("_slice")
+        for audit, n, got in heads:
+            stream = "audit" if audit else "other"
+            sizes[stream] += int(n)
+            firsts[stream] = sorted(firsts[stream] + list(got))[:limit]
+    ids = [(q, d) for stream in firsts.values() for _, q, d in stream]
+    return pa.table({"query_id": pa.array([q for q, _ in ids], pa.string()),
+                     "doc_id": pa.array([d for _, d in ids], pa.string())}), sizes
 
 
 def _bounds(mem: duckdb.DuckDBPyConnection, table: str, limit: int | None, sizes: dict) -> dict:
@@ -225,14 +306,19 @@ def export_page(con: duckdb.DuckDBPyConnection, req: Request) -> tuple[tuple, Pa
         with read_snapshot(con):  # the event id, the flags and the rows of one moment
             settle(con)
             event_id = last_event(con)
-            pool = _pool_sql(selection, model, plan, only_query)
-            rel = con.sql(f"SELECT * FROM ({_cut_sql(pool, limit)})")
-            rows = rel.to_arrow_table()
             sizes = {"audit": None, "other": None}
-            if limit is not None:
-                a, o = con.execute(f"SELECT count(*) FILTER (WHERE audit), count(*) FILTER (WHERE NOT audit) "
-                                   f"FROM ({pool})").fetchall()[0]
-                sizes = {"audit": a, "other": o}
+            if limit is None:
+                rows = con.sql(_pool_sql(selection, model, plan, only_query)).to_arrow_table()
+            else:  # the heads' ids in one narrow pass, then their rows: the pool of their queries only
+                heads, sizes = _heads(con, selection, model, plan, only_query, limit)
+                con.register("_heads", heads)
+                con.register("_head_queries", pa.table({"query_id": pa.compute.unique(heads["query_id"])}))
+                try:
+                    rows = con.sql(f"""SELECT * FROM ({_pool_sql(selection, model, plan, only_query, "_head_queries")})
+                                       SEMI JOIN _heads USING (query_id, doc_id)""").to_arrow_table()
+                finally:
+                    con.unregister("_heads")
+                    con.unregister("_head_queries")
             flags = verdict_flags(con, only_query)
         complete = limit is None or max(sizes.values()) <= limit
         return Built(rows, complete, event_id, ExportState(flags, plan, sizes))
@@ -244,7 +330,16 @@ def export_page(con: duckdb.DuckDBPyConnection, req: Request) -> tuple[tuple, Pa
         hard, soft = fingerprint(c, selection.config, model)
         return (*hard, selection.to_json()), soft
 
-    page = PAGES.get(con, key, fingerprint_of, build, fingerprint=fp)
+    def dump_state(state: ExportState) -> str:
+        return json.dumps({"sizes": state.sizes})
+
+    def load_state(c: duckdb.DuckDBPyConnection, text: str | None) -> ExportState:
+        plan = ExportPlan(selection.tradeoff(c, model), audit_design(c, selection.config, model, selection.negatives))
+        sizes = json.loads(text)["sizes"] if text else {"audit": None, "other": None}
+        return ExportState(verdict_flags(c, only_query), plan, sizes, reselect_touched=True)
+
+    spec = PageSpec(build, fingerprint_of, _kept_name(key), dump_state, load_state)
+    page = PAGES.get(con, key, spec, fingerprint=fp)
     with page.lock:  # one patcher per page; the others wait and find it patched
         _settle_bounds(page)
         _patch(con, page, selection, model)
@@ -297,6 +392,8 @@ def _patch_plan(con: duckdb.DuckDBPyConnection, page: Page) -> _PatchPlan | None
     touched = {str(q) for q in touched or []}
     before: dict = page.state.flags
     now = verdict_flags(con, sorted(touched))
+    if page.state.reselect_touched:
+        return _PatchPlan(newest, touched, now, sorted(touched))
     none = (False, False)
     changed = {k for k in set(now) | {k for k in before if k[0] in touched} if before.get(k, none) != now.get(k, none)}
     return _PatchPlan(newest, touched, now, sorted({q for q, _ in changed}))
@@ -329,6 +426,7 @@ def _patch(con: duckdb.DuckDBPyConnection, page: Page, selection: Selection, mod
         del flags[key]
     flags.update(plan.flags)
     page.event_id = plan.newest
+    page.state.reselect_touched = False
 
 
 def _bound_sql(bound: tuple) -> str:
