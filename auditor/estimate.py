@@ -91,9 +91,12 @@ def strata_edges(audit_p: list[float]) -> list[float]:
 
 def _sample_sql(selection: Selection, model: str, rate: float, u_sql: str) -> str:
     """The audit sample: every reviewed candidate (a verdict consensus) with u below the rate, with y and p."""
+    # only the judged queries' candidates (a candidate's values depend on its own query's rows alone)
+    judged = "(SELECT DISTINCT query_id FROM verdicts)"
     return f"""
         SELECT l.y, c.p_unrev AS p
-        FROM ({candidates_sql(selection.config, model)}) c JOIN ({LABELS_SQL}) l USING (query_id, doc_id)
+        FROM ({candidates_sql(selection.config, model, queries=judged)}) c
+        JOIN ({LABELS_SQL}) l USING (query_id, doc_id)
         WHERE {u_sql} < {rate!r}"""
 
 
@@ -108,11 +111,13 @@ def _exported_sql(sel_sql: str, model: str) -> str:
 
 
 def export_estimate(
-    con: duckdb.DuckDBPyConnection, selection: Selection, model: str, cfg: ReviewConfig = ReviewConfig()
+    con: duckdb.DuckDBPyConnection, selection: Selection, model: str, cfg: ReviewConfig = ReviewConfig(),
+    exported: str | None = None,
 ) -> dict[str, Any]:
     """The export's estimated false-negative rate with a 95% interval, or why there is none yet (``status``:
     ``uncalibrated``, ``few_audits``, ``estimated`` or ``empty``), with the audit sample's progress; for `auditor
-    stats`, the export summary, the report and the Histograms page."""
+    stats`, the export summary, the report and the Histograms page. ``exported``: a table of the exported negatives
+    (query_id, doc_id, s_neg) when the caller has them (an export just selected them: no second selection)."""
     fit = current_fit(con, model)
     calibrated = bool(fit and fit["blend"] > 0)
     t = selection.tradeoff(con, model)
@@ -120,11 +125,14 @@ def export_estimate(
     rate = float(audit.rate)
     con.complete()
     sample = con.execute(_sample_sql(selection, model, rate, audit.u_sql())).fetchall()
+    exported_rows = exported
     audit_y, audit_p = [float(y) for y, _ in sample], [float(p or 0) for _, p in sample]
     edges = strata_edges(audit_p) if audit_p else []
     stratum = " + ".join(f"CASE WHEN p >= {e!r} THEN 1 ELSE 0 END" for e in edges) or "0"
     exported = f"_export_estimate_{uuid.uuid4().hex}"
-    con.execute(f"CREATE TEMP TABLE {exported} AS {_exported_sql(selection.sql(con, model, tradeoff=t), model)}")
+    chosen = f"SELECT query_id, doc_id, s_neg FROM {exported_rows}" if exported_rows else selection.sql(
+        con, model, tradeoff=t)
+    con.execute(f"CREATE TEMP TABLE {exported} AS {_exported_sql(chosen, model)}")
     try:
         n_export, mean_s, confirmed, n_unrev, pending = con.execute(
             f"""SELECT count(*), avg(s_neg), count(*) FILTER (WHERE y = 0), count(*) FILTER (WHERE y IS NULL),

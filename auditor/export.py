@@ -534,13 +534,13 @@ def _export_to_file(
         if short_ids_path is not None:
             write_text_atomic(short_ids_path, "".join(f"{q}\n" for q in summary.short_query_ids))
             summary.short_ids_path = str(short_ids_path)
+        if risk_applied:  # of the negatives this export selected (not a second selection)
+            from auditor.estimate import export_estimate
+
+            summary.estimate = export_estimate(con, selection, model, exported=t.sel)
     finally:
         t.drop(con)
     save_selection(con, selection)
-    if risk_applied:
-        from auditor.estimate import export_estimate
-
-        summary.estimate = export_estimate(con, selection, model)
     summary.seconds = round(time.perf_counter() - t0, 3)
     if progress:
         progress(steps, steps)

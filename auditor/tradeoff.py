@@ -51,9 +51,18 @@ _CACHE_KEY = "tradeoff:"
 VIEWS = ("current", "automatic")
 
 
+def sources_sql(where: str = "") -> str:
+    """(query_id, doc_id, source) of every candidate (``where`` filters them): its sources joined by ','."""
+    # one source is the common case: skip the sort-and-join of string_agg(DISTINCT ...)
+    return f"""SELECT query_id, doc_id,
+                      CASE WHEN min(source) = max(source) THEN min(source)
+                           ELSE array_to_string(list_sort(list_distinct(list(source))), ',') END AS source
+               FROM candidates {where} GROUP BY query_id, doc_id"""
+
+
 def candidates_sql(
     config: str, model: str, *, view: str = "current", queries: str | None = None,
-    query_ids: Sequence[str] | None = None, drop_unreviewed_suspicious: bool = False,
+    query_ids: Sequence[str] | None = None, drop_unreviewed_suspicious: bool = False, with_source: bool = True,
 ) -> str:
     """Every banded candidate of (config, model) that is not a labeled positive of its query, with its hardness and
     risk: query_id, doc_id, band, rule, weight, s_neg, rank, source, h, p (risk for the selection: 0 for a confirmed
@@ -83,20 +92,19 @@ def candidates_sql(
         p_unrev = "CASE WHEN r.origin = 'verdict' THEN r.p_model ELSE coalesce(r.p_fn, 0) END"
         risk = f"CASE WHEN coalesce(v.tn, FALSE) AND NOT coalesce(v.fn, FALSE) THEN 0 ELSE {p_unrev} END"
     suspicious = "AND (band <> 'suspicious' OR tn)" if drop_unreviewed_suspicious else ""
+    source, sources = "NULL::VARCHAR AS source", ""
+    if with_source:  # without, the caller adds the sources of the rows it keeps (grouping every candidate's is slow)
+        source = "c.source"
+        sources = f"JOIN ({sources_sql(where)}) c ON c.query_id = b.query_id AND c.doc_id = b.doc_id"
     return f"""
         SELECT * EXCLUDE (lo, hi), CASE WHEN hi > lo THEN (s_neg - lo) / (hi - lo) ELSE 1.0 END AS h FROM (
-            SELECT b.query_id, b.doc_id, b.band, b.rule, b.weight, s.s_neg, s.rank, c.source,
+            SELECT b.query_id, b.doc_id, b.band, b.rule, b.weight, s.s_neg, s.rank, {source},
                    {risk} AS p, {p_unrev} AS p_unrev, {flags},
                    min(s.s_neg) OVER (PARTITION BY b.query_id) AS lo, max(s.s_neg) OVER (PARTITION BY b.query_id) AS hi
             FROM bands b
             JOIN (SELECT * FROM scores {where}) s
                  ON s.model = b.model AND s.query_id = b.query_id AND s.doc_id = b.doc_id
-            JOIN (SELECT query_id, doc_id,
-                         -- one source is the common case: skip the sort-and-join of string_agg(DISTINCT ...)
-                         CASE WHEN min(source) = max(source) THEN min(source)
-                              ELSE array_to_string(list_sort(list_distinct(list(source))), ',') END AS source
-                  FROM candidates {where} GROUP BY query_id, doc_id) c
-                 ON c.query_id = b.query_id AND c.doc_id = b.doc_id
+            {sources}
             LEFT JOIN (SELECT * FROM risk {where}) r
                    ON r.model = b.model AND r.query_id = b.query_id AND r.doc_id = b.doc_id
             {verdicts}
