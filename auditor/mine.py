@@ -21,9 +21,17 @@ import pyarrow as pa
 from auditor import bands as bands_mod
 from auditor import risk as risk_mod
 from auditor.config import DEFAULT_BAND_CONFIG, DEFAULT_MODEL, MineConfig, RayConfig
-from auditor.embed import embed_many, fetch_matrix, model_key, resolve_model_path
-from auditor.texts import doc_text_sql, instruction_for, query_hash_sql, query_text_sql, record_instruction
+from auditor.embed import embed_many, fetch_matrix
+from auditor.encoder import model_key, resolve_model_path
+from auditor.sql import lit
 from auditor.store import StoreError, transaction
+from auditor.texts import (
+    doc_text_sql,
+    instruction_for,
+    query_hash_sql,
+    query_text_sql,
+    record_instruction,
+)
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +428,7 @@ def cross_encode(
         ce = CrossEncoder(str(folder))
     except Exception as exc:  # noqa: BLE001
         raise StoreError(f"cannot load cross-encoder from {path}: {type(exc).__name__}: {exc}") from None
-    in_bands = ", ".join("'" + b.replace("'", "''") + "'" for b in bands)
+    in_bands = ", ".join(lit(b) for b in bands)
     cand = con.execute(
         f"""SELECT b.query_id, b.doc_id, {query_text_sql('q')} AS qtext,
                    {doc_text_sql('d')} AS dtext

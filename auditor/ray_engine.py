@@ -66,19 +66,19 @@ class _Encoder:
     its own prompt."""
 
     def __init__(self, model_name: str, batch_size: int, device: str) -> None:
-        from auditor.embed import load_model
+        from auditor.encoder import load_model
 
         self.model = load_model(model_name, device)
         self.batch_size = batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from auditor.embed import _vectors_to_arrow, encode, split_roles
+        from auditor.encoder import encode, split_roles, vectors_to_arrow
 
         parts = []
         for role, hashes, texts in split_roles(batch):
             vecs = encode(self.model, texts, role, batch_size=self.batch_size)
             parts.append(pa.table({"role": pa.array([role] * len(hashes), pa.string()),
-                                   "text_hash": pa.array(hashes, pa.string()), "vector": _vectors_to_arrow(vecs)}))
+                                   "text_hash": pa.array(hashes, pa.string()), "vector": vectors_to_arrow(vecs)}))
         return pa.concat_tables(parts)
 
 
@@ -106,7 +106,7 @@ def encode_on_ray(
     """Encode each window (columns role, text_hash, text) as one Ray Data job; yield (role, hashes, vectors) as
     blocks finish.
 
-    Vectors are L2-normalised float32 from the same auditor.embed.encode the local engine calls, with the same
+    Vectors are L2-normalised float32 from the same auditor.encoder.encode the local engine calls, with the same
     prompt per role; they come back in no particular order, which is why every vector travels with its key.
     """
     with ray_session(config.address) as ray:

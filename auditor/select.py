@@ -33,11 +33,20 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import duckdb
+import numpy as np
 
 from auditor.bands import resolve_model
 from auditor.config import DEFAULT_BAND_CONFIG, ExportConfig
 from auditor.sql import lit, query_ids_sql
-from auditor.tradeoff import Tradeoff, candidates_sql, solve, sources_sql
+from auditor.store import remember
+from auditor.tradeoff import Tradeoff, candidates_sql, solve_arrays, sources_sql, verdict_flags_sql
+
+#: Past this many queries, lam is solved on a seeded sample of this many (the selection is per query, so the
+#: sample's sums estimate the store's; at 10M candidates a full solve would read every row forty times).
+SOLVE_SAMPLE_QUERIES = 5_000
+
+#: Where the solved trade-off of one (model, settings) is cached (meta key prefix).
+_CACHE_KEY = "tradeoff:"
 
 STRATEGIES = ("top", "random", "simans", "band-mix")
 OUTPUT_COLUMNS = (
@@ -54,15 +63,6 @@ def uniform_sql(seed: int, salt: str = "") -> str:
         f"((hash(query_id || chr(31) || doc_id || chr(31) || {lit(str(int(seed)) + salt)}) % 9007199254740992)"
         f"::DOUBLE + 0.5) / 9007199254740992.0"
     )
-
-
-def verdict_flags_sql(where: str = "") -> str:
-    """Per judged candidate (``where`` filters ``current_verdicts``), whether some annotator's current verdict calls it
-    a false negative (``fn``) or a true one (``tn``): the only way verdicts enter a selection (the review queue's
-    export snapshots rely on it)."""
-    return f"""SELECT query_id, doc_id, bool_or(verdict = 'false_negative') AS fn,
-                      bool_or(verdict = 'true_negative') AS tn
-               FROM current_verdicts {where} GROUP BY query_id, doc_id"""
 
 
 def _probability(name: str, x: float | None) -> float | None:
@@ -273,3 +273,58 @@ def current_selection(con: duckdb.DuckDBPyConnection) -> Selection:
     """The settings of the latest export, or the defaults before any."""
     rows = con.execute("SELECT value FROM meta WHERE key = ?", [_SETTINGS_KEY]).fetchall()
     return Selection.from_json(rows[0][0]) if rows else Selection()
+
+
+def solve(
+    con: duckdb.DuckDBPyConnection, selection: Selection, model: str, *, view: str = "current",
+    sample_queries: int = SOLVE_SAMPLE_QUERIES, use_cache: bool = True,
+) -> Tradeoff:
+    """Solve the trade-off of ``selection`` on the store (cached per model, settings and risk fit in the current
+    view: the review queue and the export of one fit then agree)."""
+    from auditor.bands import BANDS_WRITTEN_KEY
+    from auditor.risk import current_fit
+
+    selection.check()
+    fit = current_fit(con, model)
+    fit_id = fit["fit_id"] if fit else None
+    cache_key = f"{_CACHE_KEY}{model}:{selection.to_json()}"
+    stamp = [r[0] for r in con.execute("SELECT value FROM meta WHERE key = ?", [BANDS_WRITTEN_KEY]).fetchall()]
+    state = {"fit_id": fit_id, "bands": stamp[0] if stamp else None}
+    if use_cache and view == "current":
+        rows = con.execute("SELECT value FROM meta WHERE key = ?", [cache_key]).fetchall()
+        if rows:
+            cached = json.loads(rows[0][0])
+            if cached.get("state") == state:
+                return Tradeoff(**cached["tradeoff"])
+    n_queries = con.execute(
+        "SELECT count(DISTINCT query_id) FROM bands WHERE config = ? AND model = ?", [selection.config, model]
+    ).fetchall()[0][0]
+    sampled = n_queries > sample_queries
+    ids = None
+    if sampled:
+        ids = [r[0] for r in con.execute(
+            """SELECT query_id FROM (SELECT DISTINCT query_id FROM bands WHERE config = ? AND model = ?)
+               ORDER BY hash(query_id, 'tradeoff'), query_id LIMIT ?""",
+            [selection.config, model, int(sample_queries)]).fetchall()]
+    con.complete()
+    arrays = con.sql(
+        f"""SELECT query_id, h, p, p_unrev, s_neg, fn, tn
+            FROM ({candidates_sql(selection.config, model, view=view, query_ids=ids,
+                                  drop_unreviewed_suspicious=selection.drop_unreviewed_suspicious)})
+            ORDER BY query_id, doc_id""").fetchnumpy()
+    _, qi = np.unique(np.asarray(arrays["query_id"], dtype=object), return_inverse=True)
+
+    def col(name: str, dtype: Any) -> np.ndarray:
+        return np.nan_to_num(np.asarray(arrays[name], dtype=dtype))
+
+    result = solve_arrays(
+        qi, col("h", np.float64), col("p", np.float64), col("p_unrev", np.float64), col("s_neg", np.float64),
+        col("fn", bool), col("tn", bool), selection.negatives,
+        fn_budget=selection.fn_budget, target_rate=selection.target_rate,
+    )
+    result = Tradeoff(**{**asdict(result), "sampled": sampled, "fit_id": fit_id})
+    if use_cache and view == "current":
+        remember(con, cache_key, json.dumps({"state": state, "tradeoff": asdict(result)}))
+    return result
+
+

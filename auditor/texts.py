@@ -60,7 +60,7 @@ def instruction_for(model_name: str, query_prompts: str = MineConfig.query_promp
     from the training file takes the place of the model's; a model that declares none gets queries as they are
     (a prompt written for another model only moves its vectors: MiniLM's mean query-positive cosine on the shipped MS
     MARCO sample falls from .655 to .446 with the sample's instruction). ``query_prompts`` "always" / "never" override the rule."""
-    from auditor.embed import model_query_prompt
+    from auditor.encoder import model_query_prompt
 
     if query_prompts == "never":
         return None

@@ -18,37 +18,32 @@ avoided where it is cheapest in hardness.
 
 The smallest ``lam`` that meets the budget wins (the least hardness given up). ``safe_risk`` is the highest risk of an
 unreviewed negative the solved export takes: strategies that do not rank by key (random, SimANS, band mix) use it as
-their risk threshold. Solving loads, for at most ``SOLVE_SAMPLE_QUERIES`` queries (a seeded sample past that), each
+their risk threshold. Solving (:func:`auditor.select.solve`) loads, for at most ``SOLVE_SAMPLE_QUERIES`` queries (a seeded sample past that), each
 candidate's hardness and risk and bisects on ``lam``; the result is cached in the store per settings, risk fit and
 band write.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
-import duckdb
 import numpy as np
 
 from auditor.sql import lit, query_ids_sql
-from auditor.store import remember
-
-if TYPE_CHECKING:
-    from auditor.select import Selection
-
-#: Past this many queries, lam is solved on a seeded sample of this many (the selection is per query, so the
-#: sample's sums estimate the store's; at 10M candidates a full solve would read every row forty times).
-SOLVE_SAMPLE_QUERIES = 5_000
-
-#: Where the solved trade-off of one (model, settings) is cached (meta key prefix).
-_CACHE_KEY = "tradeoff:"
 
 #: Views of the candidates: ``current`` (verdicts and the risk in force) or ``automatic`` (what the export would be
 #: with no verdict at all: the uncalibrated prior, nobody's verdict; `auditor evaluate` compares the two).
 VIEWS = ("current", "automatic")
+
+
+def verdict_flags_sql(where: str = "") -> str:
+    """Per judged candidate (``where`` filters ``current_verdicts``), whether some annotator's current verdict calls it
+    a false negative (``fn``) or a true one (``tn``): the only way verdicts enter a selection (the review queue's
+    export snapshots rely on it)."""
+    return f"""SELECT query_id, doc_id, bool_or(verdict = 'false_negative') AS fn,
+                      bool_or(verdict = 'true_negative') AS tn
+               FROM current_verdicts {where} GROUP BY query_id, doc_id"""
 
 
 def sources_sql(where: str = "") -> str:
@@ -79,8 +74,6 @@ def candidates_sql(
     if query_ids is not None:
         only += f" AND {query_ids_sql(query_ids)}"
     where = "WHERE true" + only
-    from auditor.select import verdict_flags_sql
-
     if view == "automatic":
         flags = "FALSE AS fn, FALSE AS tn"
         verdicts = ""
@@ -192,58 +185,3 @@ def solve_arrays(
         plain_expected=plain_total / max(int(plain.sum()), 1),
         budget_met=float(p_k[sel].sum()) - slack <= target, queries=int(len(np.unique(qi))),
     )
-
-
-def solve(
-    con: duckdb.DuckDBPyConnection, selection: Selection, model: str, *, view: str = "current",
-    sample_queries: int = SOLVE_SAMPLE_QUERIES, use_cache: bool = True,
-) -> Tradeoff:
-    """Solve the trade-off of ``selection`` on the store (cached per model, settings and risk fit in the current
-    view: the review queue and the export of one fit then agree)."""
-    from auditor.bands import BANDS_WRITTEN_KEY
-    from auditor.risk import current_fit
-
-    selection.check()
-    fit = current_fit(con, model)
-    fit_id = fit["fit_id"] if fit else None
-    cache_key = f"{_CACHE_KEY}{model}:{selection.to_json()}"
-    stamp = [r[0] for r in con.execute("SELECT value FROM meta WHERE key = ?", [BANDS_WRITTEN_KEY]).fetchall()]
-    state = {"fit_id": fit_id, "bands": stamp[0] if stamp else None}
-    if use_cache and view == "current":
-        rows = con.execute("SELECT value FROM meta WHERE key = ?", [cache_key]).fetchall()
-        if rows:
-            cached = json.loads(rows[0][0])
-            if cached.get("state") == state:
-                return Tradeoff(**cached["tradeoff"])
-    n_queries = con.execute(
-        "SELECT count(DISTINCT query_id) FROM bands WHERE config = ? AND model = ?", [selection.config, model]
-    ).fetchall()[0][0]
-    sampled = n_queries > sample_queries
-    ids = None
-    if sampled:
-        ids = [r[0] for r in con.execute(
-            """SELECT query_id FROM (SELECT DISTINCT query_id FROM bands WHERE config = ? AND model = ?)
-               ORDER BY hash(query_id, 'tradeoff'), query_id LIMIT ?""",
-            [selection.config, model, int(sample_queries)]).fetchall()]
-    con.complete()
-    arrays = con.sql(
-        f"""SELECT query_id, h, p, p_unrev, s_neg, fn, tn
-            FROM ({candidates_sql(selection.config, model, view=view, query_ids=ids,
-                                  drop_unreviewed_suspicious=selection.drop_unreviewed_suspicious)})
-            ORDER BY query_id, doc_id""").fetchnumpy()
-    _, qi = np.unique(np.asarray(arrays["query_id"], dtype=object), return_inverse=True)
-
-    def col(name: str, dtype: Any) -> np.ndarray:
-        return np.nan_to_num(np.asarray(arrays[name], dtype=dtype))
-
-    result = solve_arrays(
-        qi, col("h", np.float64), col("p", np.float64), col("p_unrev", np.float64), col("s_neg", np.float64),
-        col("fn", bool), col("tn", bool), selection.negatives,
-        fn_budget=selection.fn_budget, target_rate=selection.target_rate,
-    )
-    result = Tradeoff(**{**asdict(result), "sampled": sampled, "fit_id": fit_id})
-    if use_cache and view == "current":
-        remember(con, cache_key, json.dumps({"state": state, "tradeoff": asdict(result)}))
-    return result
-
-

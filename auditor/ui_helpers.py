@@ -354,10 +354,10 @@ def check_model_field(value: str, root: Path) -> str:
     data root (given relative to it or absolute; returned as an absolute path), or a hub id that names no folder.
     Anything else that names a server folder is refused, as server paths for ingest are (auditor.embed would load
     whatever folder it is given)."""
-    from auditor.embed import _DEFAULT_ALIASES
+    from auditor.encoder import DEFAULT_ALIASES
 
     value = (value or "").strip()
-    if value in _DEFAULT_ALIASES:
+    if value in DEFAULT_ALIASES:
         return value
     root = Path(root).resolve()
     where = f"model folders must lie inside the data root {root}"

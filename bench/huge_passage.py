@@ -2,7 +2,7 @@
 
     python bench/huge_passage.py            # both, each in a fresh process
 
-auditor.embed.encode cuts a text to max_seq_length * CHARS_PER_TOKEN_BOUND characters before tokenising; the model
+auditor.encoder.encode cuts a text to max_seq_length * CHARS_PER_TOKEN_BOUND characters before tokenising; the model
 reads only its first max_seq_length tokens either way, so the vector is the same (tests/test_embed.py checks it).
 """
 
@@ -15,11 +15,11 @@ import sys
 
 
 def _one(clip: bool) -> None:
-    from auditor import embed
-    from auditor.embed import encode, load_model
+    from auditor import encoder
+    from auditor.encoder import encode, load_model
 
     if not clip:
-        embed.clip_chars = lambda _model: 10**12
+        encoder.clip_chars = lambda _model: 10**12
     model = load_model()
     encode(model, ["warm up"], "document")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

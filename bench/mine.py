@@ -55,7 +55,7 @@ def preview_on_a_million(work: Path) -> tuple[float, float, float]:
 
 
 def main() -> int:
-    from auditor.embed import encode, load_model
+    from auditor.encoder import encode, load_model
     from auditor.ingest import ingest_path
     from auditor.mine import mine
     from auditor.store import open_store

@@ -56,7 +56,7 @@ BUDGETS = (0.1, 0.125, 0.15, 0.2, 0.3)
 def run(source: Path, args: argparse.Namespace) -> bool:
     n = args.negatives
 
-    from auditor.embed import load_model
+    from auditor.encoder import load_model
     from auditor.evaluate import evaluate
     from auditor.ingest import ingest_path
     from auditor.mine import mine

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from auditor.config import DEFAULT_MODEL
-from auditor.embed import embed_texts, fetch_matrix, load_model, model_key, resolve_model_path
+from auditor.embed import embed_texts, fetch_matrix
+from auditor.encoder import load_model, model_key, resolve_model_path
 from auditor.store import StoreError
 
 
@@ -61,7 +62,7 @@ def test_cache_reuse_counts_encoded_texts(store):
 
 @pytest.mark.slow
 def test_cached_vectors_equal_fresh_encoding(store):
-    from auditor.embed import encode
+    from auditor.encoder import encode
 
     embed_texts(store, DEFAULT_MODEL, "query", [("q", "what similarity laws apply to aeroelastic models")])
     _, stored = fetch_matrix(store, "SELECT text_hash, vector FROM embeddings")
@@ -74,7 +75,7 @@ def test_a_huge_passage_is_cut_before_tokenising_with_the_same_vector():
     of text whose token ids cost gigabytes before truncation throws them away."""
     import numpy as np
 
-    from auditor.embed import clip_chars, encode, load_model
+    from auditor.encoder import clip_chars, encode, load_model
 
     model = load_model()
     words = "the boundary layer on a flat plate separates under an adverse pressure gradient ".split()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from auditor import export as export_mod
+from auditor import files
 from auditor import review
 from auditor.cli import main as cli_main
 
@@ -145,7 +146,7 @@ def test_failure_mid_export_leaves_old_file_and_no_partial_file(handbuilt_store,
         assert tmp.exists() and tmp.stat().st_size > 0  # the data was written to the temporary file
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export_mod, "_finish", boom)
+    monkeypatch.setattr(files, "_finish", boom)
     with pytest.raises(KeyboardInterrupt):
         export_mod.export(handbuilt_store, out, negatives=2)
     assert out.read_text(encoding="utf-8") == "previous export\n"

@@ -11,6 +11,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from auditor import export as export_mod
+from auditor import files
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -39,7 +40,7 @@ def test_each_export_gets_a_fresh_temp_folder_and_the_last_one_is_removed(monkey
     second = _prepare(at)
     assert second.exists() and second.parent != first.parent
     assert not first.parent.exists()  # the session's previous export is gone
-    export_mod._remove_all_app_folders()  # what runs at exit
+    files._remove_all_app_folders()  # what runs at exit
     assert not second.parent.exists()
 
 
@@ -55,7 +56,7 @@ def test_page_offers_st_ntuple_and_parquet(monkeypatch, handbuilt_store_path):
     assert preview and list(preview[0])[:3] == ["anchor", "positive", "negative_1"]
     assert any(b.label == "Download Parquet" for b in at.get("download_button"))
     assert "--out train.st-ntuple.parquet --format st-ntuple --negatives 2" in at.code[0].value
-    export_mod._remove_all_app_folders()
+    files._remove_all_app_folders()
 
 
 def test_folders_left_by_a_killed_app_are_removed_after_a_day(tmp_path):
@@ -67,5 +68,5 @@ def test_folders_left_by_a_killed_app_are_removed_after_a_day(tmp_path):
     two_days_ago = time.time() - 2 * 86_400
     for folder in (old, other):
         os.utime(folder, (two_days_ago, two_days_ago))
-    assert export_mod.remove_old_temp_folders(base=tmp_path) == [old]
+    assert files.remove_old_temp_folders(base=tmp_path) == [old]
     assert not old.exists() and recent.exists() and other.exists()

@@ -39,7 +39,7 @@ def _query_vectors(con, model: str) -> dict[str, np.ndarray]:
 
 def _instructed_model(tmp_path: Path) -> Path:
     """The shipped MiniLM, declaring a query prompt (as e5 or BGE models do): weights linked, config rewritten."""
-    from auditor.embed import resolve_model_path
+    from auditor.encoder import resolve_model_path
 
     src = Path(resolve_model_path("all-MiniLM-L6-v2"))
     dst = tmp_path / "minilm-instructed"
@@ -53,7 +53,7 @@ def _instructed_model(tmp_path: Path) -> Path:
 
 
 def test_a_model_without_instructions_embeds_queries_as_they_are(store, prompted_file):
-    from auditor.embed import encode, load_model
+    from auditor.encoder import encode, load_model
     from auditor.ingest import ingest_path
     from auditor.mine import mine
     from auditor.texts import query_instruction
@@ -76,7 +76,7 @@ def test_a_model_without_instructions_embeds_queries_as_they_are(store, prompted
 
 
 def test_a_model_with_instructions_takes_the_files_prompt_in_place_of_its_own(store, prompted_file, tmp_path):
-    from auditor.embed import load_model, model_query_prompt
+    from auditor.encoder import load_model, model_query_prompt
     from auditor.ingest import ingest_path
     from auditor.mine import mine
     from auditor.texts import query_instruction

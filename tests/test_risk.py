@@ -424,7 +424,7 @@ def test_trade_off_solve_against_a_hand_computed_case():
 
 
 def test_trade_off_solves_on_a_query_sample_of_a_large_store(planted):
-    from auditor.tradeoff import solve
+    from auditor.select import solve
 
     con, _ = planted
     full = solve(con, Selection(), M, use_cache=False)

@@ -11,13 +11,13 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any
 
+from auditor.bands import BANDS
 from auditor.config import DEFAULT_BAND_CONFIG, ReviewConfig
 from auditor.select import Selection
 
 MODES = ("export", "risk", "stratified")
 #: What a verdict may record as its queue: a stratified walk narrowed by source or query is not a band sample.
 RECORDED_MODES = (*MODES, "stratified_filtered")
-BANDS = ("suspicious", "ambiguous", "too_easy")
 
 #: SQL for a band's place in the legacy risk order (0 = reviewed first).
 BAND_LEVEL_SQL = "CASE {b} WHEN 'suspicious' THEN 0 WHEN 'ambiguous' THEN 1 ELSE 2 END"

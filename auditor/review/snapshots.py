@@ -14,10 +14,9 @@ groups read) and keeping its rows that fall inside the page's bounds: the page s
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
-
-import json
 
 import duckdb
 import pyarrow as pa
@@ -26,10 +25,10 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 from auditor.audit import AuditDesign
 from auditor.audit import design as audit_design
 from auditor.gain import review_pool_sql
-from auditor.select import Selection, verdict_flags_sql
+from auditor.select import Selection
 from auditor.sql import lit, query_ids_sql
 from auditor.store import in_transaction
-from auditor.tradeoff import Tradeoff
+from auditor.tradeoff import Tradeoff, verdict_flags_sql
 
 from .cache import PAGES, Built, Page, PageSpec
 from .choice import BAND_LEVEL_SQL, QueueChoice
