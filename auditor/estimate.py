@@ -117,7 +117,7 @@ def export_estimate(
     """The export's estimated false-negative rate with a 95% interval, or why there is none yet (``status``:
     ``uncalibrated``, ``few_audits``, ``estimated`` or ``empty``), with the audit sample's progress; for `auditor
     stats`, the export summary, the report and the Histograms page. ``exported``: a table of the exported negatives
-    (query_id, doc_id, s_neg) when the caller has them (an export just selected them: no second selection)."""
+    (query_id, doc_id, s_neg, p_unrev) when the caller has them (an export just selected them: no second selection)."""
     fit = current_fit(con, model)
     calibrated = bool(fit and fit["blend"] > 0)
     t = selection.tradeoff(con, model)
@@ -130,9 +130,12 @@ def export_estimate(
     edges = strata_edges(audit_p) if audit_p else []
     stratum = " + ".join(f"CASE WHEN p >= {e!r} THEN 1 ELSE 0 END" for e in edges) or "0"
     exported = f"_export_estimate_{uuid.uuid4().hex}"
-    chosen = f"SELECT query_id, doc_id, s_neg FROM {exported_rows}" if exported_rows else selection.sql(
-        con, model, tradeoff=t)
-    con.execute(f"CREATE TEMP TABLE {exported} AS {_exported_sql(chosen, model)}")
+    if exported_rows:  # the export's own selection carries each negative's risk as if unreviewed
+        chosen = f"""SELECT s.query_id, s.doc_id, s.s_neg, l.y, s.p_unrev AS p FROM {exported_rows} s
+                     LEFT JOIN ({LABELS_SQL}) l ON l.query_id = s.query_id AND l.doc_id = s.doc_id"""
+    else:
+        chosen = _exported_sql(selection.sql(con, model, tradeoff=t), model)
+    con.execute(f"CREATE TEMP TABLE {exported} AS {chosen}")
     try:
         n_export, mean_s, confirmed, n_unrev, pending = con.execute(
             f"""SELECT count(*), avg(s_neg), count(*) FILTER (WHERE y = 0), count(*) FILTER (WHERE y IS NULL),

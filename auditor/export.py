@@ -150,8 +150,8 @@ def _export_to_file(
     risk_applied = bool(con.execute("SELECT 1 FROM risk WHERE model = ? LIMIT 1", [model]).fetchall())
     tradeoff = selection.tradeoff(con, model)
 
-    def chosen(k: int) -> str:
-        return replace(selection, negatives=k).sql(con, model, tradeoff=tradeoff)
+    def chosen(k: int, queries: str | None = None) -> str:
+        return replace(selection, negatives=k).sql(con, model, tradeoff=tradeoff, queries=queries)
 
     summary = ExportSummary(
         path=str(out_path), format=fmt, strategy=selection.strategy, negatives_per_query=n, seed=int(selection.seed),

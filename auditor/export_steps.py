@@ -12,6 +12,7 @@ import duckdb
 
 from auditor.config import ExportConfig
 from auditor.export_sql import _POSITIVE_ORDER, _Tables, _blank, _blank_document, _doc_text
+from auditor.select import query_slices
 from auditor.sql import lit, query_ids_sql
 from auditor.store import StoreError
 
@@ -118,12 +119,23 @@ def _create_positives(
 
 
 def _create_selection(
-    con: duckdb.DuckDBPyConnection, t: _Tables, selection: Callable[[int], str], n: int, summary: ExportSummary
+    con: duckdb.DuckDBPyConnection, t: _Tables, selection: Callable[..., str], n: int, summary: ExportSummary
 ) -> None:
-    """Up to ``n`` negatives per query, none of them blank: blank candidates give their slot to the next one."""
+    """Up to ``n`` negatives per query, none of them blank: blank candidates give their slot to the next one.
+    ``selection(k, queries=None)`` is the SQL of ``k`` negatives per query (of the queries in relation ``queries``)."""
     spare = _blank_candidates_per_query(con, t)
-    if not spare:  # the common case: the selection as it is
-        con.execute(f"CREATE TEMP TABLE {t.sel} AS {selection(n)}")
+    if not spare:  # the common case: the selection as it is, a slice of queries at a time on a large store
+        slices = query_slices(con)
+        if not slices:
+            con.execute(f"CREATE TEMP TABLE {t.sel} AS {selection(n)}")
+            return
+        for i, part in enumerate(slices):
+            con.register("_export_slice", part)
+            try:
+                sql = selection(n, queries="_export_slice")
+                con.execute(f"CREATE TEMP TABLE {t.sel} AS {sql}" if i == 0 else f"INSERT INTO {t.sel} {sql}")
+            finally:
+                con.unregister("_export_slice")
         return
     # Take `spare` more than asked, drop the blank ones and number the rest again: the same choice as if the blank
     # candidates had never been there (exactly so for top, random and simans, whose order is per candidate).
@@ -139,7 +151,7 @@ def _create_selection(
     con.execute(
         f"""
         CREATE TEMP TABLE {t.sel} AS
-        SELECT query_id, doc_id, kept AS slot, band, rule, s_neg, rank, source, p_fn, eligible FROM {t.raw}
+        SELECT query_id, doc_id, kept AS slot, band, rule, s_neg, rank, source, p_fn, p_unrev, eligible FROM {t.raw}
         WHERE NOT blank AND kept <= {n} ORDER BY query_id, slot
         """
     )
@@ -216,6 +228,14 @@ def _leave_out_oversized(con: duckdb.DuckDBPyConnection, t: _Tables, fmt: str, s
 
     limit = int(limits.MAX_RECORD_BYTES)
     agg = "max" if fmt == "triplet" else "sum"
+    # the store's longest texts and the most texts a line holds bound every line: usually far below the limit
+    q_max, d_max = con.execute(f"SELECT (SELECT max(strlen(text)) FROM queries), "
+                               f"(SELECT max(strlen({_doc_text('d')})) FROM documents d)").fetchall()[0]
+    per_line = con.execute(f"SELECT (SELECT max(n) FROM (SELECT count(*) AS n FROM {t.pos} GROUP BY query_id)), "
+                           f"(SELECT max(n) FROM (SELECT count(*) AS n FROM {t.sel} GROUP BY query_id))").fetchall()[0]
+    texts = 2 if fmt == "triplet" else sum(int(n or 0) for n in per_line)
+    if ((q_max or 0) + texts * ((d_max or 0) + 8)) * 6 + 64 <= limit:
+        return
 
     def line_bytes(size, only: str = "") -> str:  # bytes of each query's line, by ``size(text expression)``
         return f"""

@@ -34,6 +34,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from auditor.bands import resolve_model
 from auditor.config import DEFAULT_BAND_CONFIG, ExportConfig
@@ -50,7 +51,8 @@ _CACHE_KEY = "tradeoff:"
 
 STRATEGIES = ("top", "random", "simans", "band-mix")
 OUTPUT_COLUMNS = (
-    "query_id", "doc_id", "slot", "band", "rule", "weight", "s_neg", "rank", "source", "p_fn", "eligible", "h", "key",
+    "query_id", "doc_id", "slot", "band", "rule", "weight", "s_neg", "rank", "source", "p_fn", "p_unrev", "eligible",
+    "h", "key",
 )
 
 __all__ = ["STRATEGIES", "OUTPUT_COLUMNS", "Selection", "query_ids_sql", "selection_sql", "select_negatives",
@@ -242,8 +244,9 @@ def selection_sql(con: duckdb.DuckDBPyConnection, n: int, **settings: Any) -> st
 
 def select_negatives(con: duckdb.DuckDBPyConnection, n: int, **settings: Any) -> duckdb.DuckDBPyRelation:
     """Up to `n` negatives per query, as a lazy DuckDB relation with the columns of ``OUTPUT_COLUMNS``: slot (1..n),
-    band, rule, s_neg, rank, source (sources joined by ',' when several), p_fn (the risk the choice used), eligible
-    (false for candidates taken only to keep a query at N), h and key (:mod:`auditor.tradeoff`)."""
+    band, rule, s_neg, rank, source (sources joined by ',' when several), p_fn (the risk the choice used), p_unrev
+    (the risk as if nobody had judged it), eligible (false for candidates taken only to keep a query at N), h and key
+    (:mod:`auditor.tradeoff`)."""
     sql = selection_sql(con, n, **settings)
     con.complete()  # a caller's unfinished execute() result would block a new relation
     return con.sql(sql)
@@ -259,6 +262,28 @@ def short_queries(con: duckdb.DuckDBPyConnection, n: int, **settings: Any) -> du
         LEFT JOIN (SELECT query_id, count(*) AS available FROM ({sel}) GROUP BY query_id) s USING (query_id)
         WHERE coalesce(s.available, 0) < {int(n)}
         ORDER BY q.query_id""")
+
+
+#: Candidates per slice when a selection over the whole store runs a slice of queries at a time.
+SLICE_CANDIDATES = 1_000_000
+
+
+def query_slices(con: duckdb.DuckDBPyConnection, per_slice: int | None = None) -> list[pa.Table]:
+    """The queries in slices of consecutive ids of about ``per_slice`` candidates each (one slice or none: []).
+
+    A selection is a window per query: over every candidate of a large store it outgrows DuckDB's memory and
+    spills to disk (at 10M candidates under the store's 2 GB, 14.5 s against 9.8 s with room for it). Scores,
+    bands, risk and candidates are written in query-id order, so a slice's rows lie in a few row groups of each
+    table, which DuckDB reads alone (the semi-join on the slice's ids filters every scan by their range)."""
+    per_slice = int(per_slice or SLICE_CANDIDATES)
+    n_candidates, n_queries = con.execute(
+        "SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM queries)").fetchall()[0]
+    parts = -(-int(n_candidates) // per_slice)
+    if parts <= 1:
+        return []
+    ids = con.sql("SELECT query_id FROM queries ORDER BY query_id").to_arrow_table()["query_id"]
+    step = -(-int(n_queries) // parts)
+    return [pa.table({"query_id": ids.slice(i, step)}) for i in range(0, len(ids), step)]
 
 
 _SETTINGS_KEY = "export_settings"

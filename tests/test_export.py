@@ -647,3 +647,21 @@ def test_the_report_paints_bands_in_the_apps_colours(handbuilt_store, tmp_path):
     text = path.read_text(encoding="utf-8")
     for band, colour in BAND_COLOURS.items():
         assert f'"color":"{colour}"' in text.replace(" ", "") and f'"name":"{BAND_LABELS[band]}"' in text
+
+
+@pytest.mark.parametrize("fmt", ["triplet", "ntuple"])
+def test_an_export_in_slices_of_queries_writes_the_same_file(planted_cranfield, tmp_path, monkeypatch, fmt):
+    """A large store's selection runs a slice of queries at a time (its windows then fit in DuckDB's memory): the
+    file must be the one the single pass writes, with the same summary and estimate."""
+    from conftest import copy_store
+
+    from auditor import select
+    from auditor.store import open_store
+
+    con = open_store(copy_store(planted_cranfield["path"], tmp_path / "s.duckdb"))
+    whole = export_mod.export(con, tmp_path / "whole.jsonl", fmt=fmt, negatives=5)
+    monkeypatch.setattr(select, "SLICE_CANDIDATES", 2000)
+    assert len(select.query_slices(con)) > 3
+    sliced = export_mod.export(con, tmp_path / "sliced.jsonl", fmt=fmt, negatives=5)
+    assert (tmp_path / "sliced.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    assert (sliced.rows, sliced.estimate) == (whole.rows, whole.estimate) and whole.rows > 0

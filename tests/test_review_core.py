@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from conftest import HANDBUILT_RISK_ORDER, copy_store
 
-from auditor import review
+from auditor import review, select
 from auditor.planted import read_answer_key
 from auditor.review import QueueChoice, cache, leases, snapshots
 from auditor.review import queue as review_queue
@@ -160,7 +160,7 @@ def test_the_export_page_patched_per_verdict_stays_the_prefix_of_the_export_orde
     monkeypatch.setattr(cache, "PAGE_ROWS", 1_000_000)
     expected = walk(open_store(copy_store(planted_cranfield["path"], tmp_path / "whole.duckdb")))
     monkeypatch.setattr(cache, "PAGE_ROWS", 8)
-    monkeypatch.setattr(snapshots, "SLICE_CANDIDATES", 3000)  # built a few hundred queries at a time
+    monkeypatch.setattr(select, "SLICE_CANDIDATES", 3000)  # built a few hundred queries at a time
     got = walk(open_store(copy_store(planted_cranfield["path"], tmp_path / "paged.duckdb")))
     assert got == expected
     # a restart half-way: the new process reads the page the store kept (built before 20 verdicts) and brings it

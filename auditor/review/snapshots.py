@@ -25,7 +25,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 from auditor.audit import AuditDesign
 from auditor.audit import design as audit_design
 from auditor.gain import review_pool_sql
-from auditor.select import Selection
+from auditor.select import Selection, query_slices
 from auditor.sql import lit, query_ids_sql
 from auditor.store import in_transaction
 from auditor.tradeoff import Tradeoff, verdict_flags_sql
@@ -232,27 +232,6 @@ def _pool_sql(selection: Selection, model: str, plan: ExportPlan, query_ids: lis
     """
 
 
-#: Candidates per slice of queries when an export page is built (a slice's selection sorts this many rows).
-SLICE_CANDIDATES = 1_000_000
-
-
-def _slices(con: duckdb.DuckDBPyConnection, query_ids: list[str] | None) -> list[pa.Table | None]:
-    """The queries in slices of consecutive ids of about SLICE_CANDIDATES candidates each (None: every query).
-
-    Scores, bands, risk and candidates are written in query-id order, so a slice's rows lie in a few row groups of
-    each table, which DuckDB reads alone (the semi-join on the slice's ids filters every scan by their range)."""
-    if query_ids is not None:
-        return [None]
-    n_candidates, n_queries = con.execute("SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM queries)"
-                                          ).fetchall()[0]
-    parts = -(-int(n_candidates) // SLICE_CANDIDATES)
-    if parts <= 1:
-        return [None]
-    ids = con.sql("SELECT query_id FROM queries ORDER BY query_id").to_arrow_table()["query_id"]
-    step = -(-int(n_queries) // parts)
-    return [pa.table({"query_id": ids.slice(i, step)}) for i in range(0, len(ids), step)]
-
-
 def _heads(con: duckdb.DuckDBPyConnection, selection: Selection, model: str, plan: ExportPlan,
            query_ids: list[str] | None, limit: int) -> tuple[pa.Table, dict]:
     """(query_id, doc_id) of the first ``limit`` items of each stream of the pool, and each stream's size, keeping
@@ -261,7 +240,7 @@ def _heads(con: duckdb.DuckDBPyConnection, selection: Selection, model: str, pla
     key = "CASE WHEN audit THEN u ELSE -gain END"
     sizes = {"audit": 0, "other": 0}
     firsts: dict[str, list] = {"audit": [], "other": []}
-    for part in _slices(con, query_ids):
+    for part in ([None] if query_ids is not None else query_slices(con) or [None]):
         if part is not None:
             con.register("_slice", part)
         try:
