@@ -144,11 +144,15 @@ def step_bands(db: Path) -> dict:
     from auditor.config import DEFAULT_BAND_CONFIG, BandConfig
     from auditor.store import open_store
 
+    from auditor.review import QueueChoice
+    from auditor.review.queue import warm
+
     con = open_store(db)
     secs, counts = _timed(bands_mod.assign_bands, con, DEFAULT_BAND_CONFIG, MODEL, BandConfig())
+    pages = warm(con, QueueChoice(model=MODEL))  # what `auditor band` ends with: the review queue's first pages
     base, _ = _timed(con.execute, "CREATE TEMP TABLE copy_of_scores AS SELECT * FROM scores")
     con.close()
-    return {"seconds": secs, "baseline": base, "bands": counts}
+    return {"seconds": secs, "queue_pages": pages, "baseline": base, "bands": counts}
 
 
 def step_preview(db: Path) -> dict:

@@ -81,6 +81,17 @@ def refitter():
     return _refitter(str(db_path()))
 
 
+def warm_queue(model: str | None, config: str) -> None:
+    """After mining or banding: the review queue's first pages, built and kept by the store's background owner
+    (auditor.review.queue.warm, what `auditor mine` and `auditor band` end with); the page does not wait."""
+    from auditor.review import QueueChoice
+    from auditor.review.background import BackgroundWork
+    from auditor.review.queue import warm
+
+    choice = QueueChoice(model=model, config=config)
+    BackgroundWork.of(store()).submit(("warm", model, config), lambda cur: warm(cur, choice))
+
+
 def cursor():
     """This script run's DuckDB cursor (a cursor per thread, as DuckDB wants)."""
     return store().cursor()

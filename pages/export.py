@@ -131,6 +131,7 @@ if go:
     else:
         bar.empty()
         ss["x_result"] = {"path": str(out), "summary": summary, "preview": preview_rows(out, 3), "fmt": fmt}
+        ui.warm_queue(summary.model, band_config)  # the default queue now follows these settings: its page, built behind
 
 with right:
     result = ss.get("x_result")

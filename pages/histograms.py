@@ -125,6 +125,7 @@ def _save(name: str, cfg: BandConfig) -> None:
     with st.spinner("Assigning bands…"):
         counts = bands.assign_bands(con, name, model, cfg)
     ui.store_changed()
+    ui.warm_queue(model, name)
     ss.pop("h_confirm", None)
     ss["h_base_next"] = name
     ss["h_saved_msg"] = (f"Saved '{name}': " + ", ".join(

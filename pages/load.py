@@ -201,6 +201,7 @@ if go:
         st.error(ui.md(str(exc)))
     else:
         ui.store_changed()
+        ui.warm_queue(summary.model, "default")
         ss["mine_msg"] = (
             f"Mined with {summary.model}: {summary.queries:,} queries searched over {summary.documents:,} documents "
             f"({summary.embedded_documents:,} documents and {summary.embedded_queries:,} queries embedded in this run; "

@@ -208,3 +208,22 @@ def test_worklist_prefetches_through_the_stores_background_owner(handbuilt_store
     work.wait(30)
     assert len(wl.items) == 2 and len(wl._contexts) == 2 and wl.error is None
     store.close()  # closes the owner first: no job runs on a closed connection
+
+
+def test_band_and_mine_end_with_the_queue_pages_a_new_process_reads(handbuilt_store_path, tmp_path, monkeypatch):
+    from auditor.cli import main
+
+    db = copy_store(handbuilt_store_path, tmp_path / "warm.duckdb")
+    assert main(["-q", "band", "--db", str(db), "--model", M]) == 0
+    con = open_store(db)
+    kept = {k for (k,) in con.execute("SELECT page_key FROM queue_pages").fetchall()}
+    assert {json_key.split('"')[1] for json_key in kept} == {"export", "items"}
+    built: list = []
+    monkeypatch.setattr(snapshots, "_page_ids", lambda *a, **k: built.append(a))  # would build the item page
+    monkeypatch.setattr(snapshots, "_heads", lambda *a, **k: built.append(a))  # would build the export page
+    fresh = PageCache()  # a new process
+    monkeypatch.setattr(snapshots, "PAGES", fresh)
+    monkeypatch.setattr(review_queue, "PAGES", fresh)
+    for mode in ("export", "risk", "stratified"):
+        assert review.next_item(con, QueueChoice(mode=mode, model=M), annotator="ada") is not None
+    assert built == []  # every first item came from the kept pages

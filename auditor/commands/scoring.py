@@ -9,6 +9,8 @@ import argparse
 import json
 from dataclasses import asdict, replace
 
+import duckdb
+
 from auditor.commands.args import existing_store as _store
 from auditor.commands.args import opt_float, opt_int
 
@@ -36,21 +38,26 @@ class _Bars:
             bar.close()
 
 
+def _warm_queue(con: duckdb.DuckDBPyConnection, model: str | None, config: str) -> float:
+    """The review queue's first pages, built now and kept in the store (auditor.review.queue.warm)."""
+    from auditor.review import QueueChoice
+    from auditor.review.queue import warm
+
+    return warm(con, QueueChoice(model=model, config=config))
+
+
 def cmd_mine(args: argparse.Namespace) -> int:
     from auditor.mine import cross_encode, mine
 
     con = _store(args.db)
-    from auditor.config import MineConfig
-
-    from auditor.config import RayConfig
+    from auditor.config import MineConfig, RayConfig
 
     cfg = replace(MineConfig(), batch_size=args.batch_size, index=args.index, ivf_nlist=args.nlist,
                   ivf_nprobe=args.nprobe, engine=args.engine, device=args.device, query_prompts=args.query_prompts,
                   across_datasets=args.across_datasets)
     ray_cfg = replace(RayConfig(), address=args.ray_address, actors=args.ray_actors)
-    from auditor.signals import interrupt_on_signals
-
     from auditor.commands import progress
+    from auditor.signals import interrupt_on_signals
 
     bars = _Bars(disable=progress.quiet)
     try:
@@ -64,8 +71,10 @@ def cmd_mine(args: argparse.Namespace) -> int:
         from auditor.bands import band_counts
 
         s.bands = {b: sum(r.values()) for b, r in band_counts(con, args.config, s.model).items()}
+    pages = _warm_queue(con, s.model, args.config)
     if args.json:
-        print(json.dumps({**asdict(s), "cross_encoded": n if args.cross_encoder else None}, indent=1, default=str))
+        print(json.dumps({**asdict(s), "cross_encoded": n if args.cross_encoder else None,
+                          "queue_pages_seconds": round(pages, 3)}, indent=1, default=str))
         return 0
     print(f"model {s.model}, source {s.source}, depth {s.depth}")
     print(f"queries searched {s.queries}, skipped without a positive {s.queries_without_positive}")
@@ -77,7 +86,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     if args.cross_encoder:
         print(f"cross-encoder rescored {n} suspicious/ambiguous candidates")
     print("bands (" + args.config + "): " + ", ".join(f"{b} {n}" for b, n in s.bands.items()))
-    print(f"took {s.seconds.get('total', 0):.1f} s")
+    print(f"took {s.seconds.get('total', 0):.1f} s (review queue pages: {pages:.1f} s)")
     return 0
 
 
@@ -135,6 +144,7 @@ def cmd_band(args: argparse.Namespace) -> int:
         return 0
     counts = bands.assign_bands(con, args.config, args.model, cfg)
     detail = bands.band_counts(con, args.config, args.model)
+    _warm_queue(con, args.model, args.config)
     if args.json:
         print(json.dumps({"config": args.config, "params": asdict(cfg), "bands": counts, "rules": detail}, indent=2))
         return 0
@@ -155,7 +165,6 @@ def _format_preview(p: dict) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from auditor.evaluate import evaluate, format_report
-
     from auditor.select import Selection
 
     con = _store(args.db, read_only=True)
@@ -185,7 +194,13 @@ _UNSET = _Unset()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from auditor.config import DEFAULT_BAND_CONFIG, DEFAULT_MODEL, ExportConfig, MineConfig, RayConfig
+    from auditor.config import (
+        DEFAULT_BAND_CONFIG,
+        DEFAULT_MODEL,
+        ExportConfig,
+        MineConfig,
+        RayConfig,
+    )
 
     p = subparsers.add_parser(
         "mine", help="embed, mine candidates with FAISS, score every candidate, assign bands",

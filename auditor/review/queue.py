@@ -190,3 +190,19 @@ def risk_of(band: str, delta: float) -> float:
     """Python twin of the SQL ``risk`` column where no P(false negative) exists (for display and tests)."""
     level = {"suspicious": 0, "ambiguous": 1}.get(band, 2)
     return (2 - level) / 3.0 + (0.5 + math.atan(delta) / math.pi) / 3.0
+
+
+def warm(con: duckdb.DuckDBPyConnection, choice: QueueChoice | None = None) -> float:
+    """Build the pages of the default queue (export-aware, with the latest export's settings) and of the risk and
+    stratified orders of ``choice``'s model and band configuration, and keep them in the store; returns seconds.
+
+    `auditor mine` and `auditor band` end with this (the app runs it in the background), so an annotator's first
+    item is read from a kept page rather than ranked from every candidate (at 10M candidates 11.5 s and 2.4 s)."""
+    import time
+
+    started = time.perf_counter()
+    choice = choice or QueueChoice()
+    for mode in ("export", "risk"):  # the risk order's page holds the stratified order too
+        req = prepare(con, QueueChoice.of(choice, mode=mode))
+        (export_page if mode == "export" else item_page)(con, req)
+    return time.perf_counter() - started
