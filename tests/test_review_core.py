@@ -147,7 +147,7 @@ def test_the_export_page_patched_per_verdict_stays_the_prefix_of_the_export_orde
     key = set(read_answer_key(planted_cranfield["answer_key"]))
     choice = QueueChoice(double_annotation=0)
 
-    def walk(con, n=40):
+    def walk(con, n=24):
         out = []
         for _ in range(n):
             item = review.next_item(con, choice, annotator="ada")
@@ -166,11 +166,11 @@ def test_the_export_page_patched_per_verdict_stays_the_prefix_of_the_export_orde
     # a restart half-way: the new process reads the page the store kept (built before 20 verdicts) and brings it
     # up to date by selecting again every query judged since
     con = open_store(copy_store(planted_cranfield["path"], tmp_path / "restart.duckdb"))
-    first = walk(con, 20)
+    first = walk(con, 12)
     restarted = PageCache()
     monkeypatch.setattr(snapshots, "PAGES", restarted)
     monkeypatch.setattr(review_queue, "PAGES", restarted)
-    assert first + walk(con, 20) == expected
+    assert first + walk(con, 12) == expected
     assert any(a for *_, a in expected) and any(not a for *_, a in expected)  # both streams were walked
 
 
