@@ -98,10 +98,3 @@ class QueueChoice:
     def recorded_mode(self) -> str:
         """The queue mode a verdict on one of its items records."""
         return "stratified_filtered" if self.mode == "stratified" and self.filtered else self.mode
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """The fields as keyword arguments (the worklist's key and the CLI's echo)."""
-        return {"mode": self.mode, "model": self.model, "config": self.config, "bands": self.bands,
-                "source": self.source, "query_id": self.query_id, "seed": self.seed,
-                "double_annotation": self.double_annotation, "selection": self.selection}
-
