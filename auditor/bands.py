@@ -31,6 +31,7 @@ from typing import Any, Callable
 import duckdb
 
 from auditor.config import DEFAULT_BAND_CONFIG, PREVIEW_SAMPLE_CANDIDATES, BandConfig
+from auditor.sql import lit
 from auditor.store import StoreError, transaction
 
 SUSPICIOUS_RULES = (
@@ -142,7 +143,7 @@ def band_sql(cfg: BandConfig) -> tuple[str, str, str]:
         whens.append(f"WHEN rank IS NULL OR rank > {int(cfg.easy_rank)} THEN 'easy_rank'")
     whens.append(f"WHEN {weight} >= {_num(cfg.ambiguous_min_weight)} THEN 'simans'")
     rule = "CASE " + " ".join(whens) + " ELSE 'low_weight' END"
-    suspicious = ", ".join(f"'{r}'" for r in SUSPICIOUS_RULES)
+    suspicious = ", ".join(lit(r) for r in SUSPICIOUS_RULES)
     band = f"CASE WHEN rule IN ({suspicious}) THEN 'suspicious' WHEN rule = 'simans' THEN 'ambiguous' ELSE 'too_easy' END"
     return rule, band, weight
 

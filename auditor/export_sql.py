@@ -10,7 +10,7 @@ import duckdb
 
 from auditor.config import ExportConfig
 from auditor.ingest.rules import BLANK_RE
-from auditor.sql import lit
+from auditor.sql import ident, lit
 
 FORMATS = ("triplet", "ntuple", "st-ntuple", "rich")
 #: A text made only of blank characters: never written. Ingest's own rule (auditor.ingest.limits.BLANK_CHARS), so an
@@ -177,9 +177,5 @@ def _without_nulls(con: duckdb.DuckDBPyConnection, rows_sql: str) -> str:
     FlagEmbedding tests ``'prompt' in data``: a key present as null would become the instruction "None".
     """
     names = [d[0] for d in con.execute(f"SELECT * FROM ({rows_sql}) LIMIT 0").description]
-    fields = ", ".join(f"{lit(n)}: r.{_ident(n)}" for n in names)
+    fields = ", ".join(f"{lit(n)}: r.{ident(n)}" for n in names)
     return f"SELECT json_merge_patch('{{}}', to_json({{{fields}}}))::VARCHAR AS line FROM ({rows_sql}) r"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'

@@ -11,6 +11,11 @@ def lit(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+def ident(name: str) -> str:
+    """A quoted SQL identifier (double quotes doubled): for column names that come from the data."""
+    return '"' + str(name).replace('"', '""') + '"'
+
+
 def query_ids_sql(query_ids: Sequence[str]) -> str:
     """A condition on ``query_id`` naming the given queries, with the ids inlined: DuckDB applies it inside each scan
     and skips the row groups whose zone maps exclude them (a semi-join on a table of ids reads every row)."""

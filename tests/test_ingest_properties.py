@@ -519,13 +519,14 @@ def test_rule_table_gives_a_definite_verdict_matching_the_oracle(values):
     import duckdb
 
     from auditor.ingest import rules
+    from auditor.sql import ident
 
     if not _DUCK:
         _DUCK.append(duckdb.connect())
     fields = [rules.Field(f"{kind}-{required}", kind, required) for kind in rules.RULES for required in (True, False)]
     rows = ", ".join("(NULL::JSON)" if v is _ABSENT else "(json(?))" for v in values)
     params = [json.dumps(v) for v in values if v is not _ABSENT]
-    columns = ", ".join(f"j AS {rules.quote(f.name)}" for f in fields)
+    columns = ", ".join(f"j AS {ident(f.name)}" for f in fields)
     checks = ", ".join(rules.problem_sql([f]) for f in fields)
     got = _DUCK[0].execute(
         f"SELECT {checks} FROM (SELECT {columns} FROM (VALUES {rows}) t(j))", params

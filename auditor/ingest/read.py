@@ -20,9 +20,9 @@ import duckdb
 from auditor.ingest import diagnose, tabular
 from auditor.ingest.errors import IngestError
 from auditor.ingest.limits import MAX_RECORD_BYTES
-from auditor.ingest.rules import Field, problem_sql, quote, split_problem
+from auditor.ingest.rules import Field, problem_sql, split_problem
 from auditor.ingest.scratch import Scratch
-from auditor.sql import lit
+from auditor.sql import ident, lit
 
 
 @dataclass(frozen=True)
@@ -203,8 +203,8 @@ def _read(con, table: str, src: Source, fields: list[Field], same_length, projec
     else:
         present = set(columns)
         special = tabular.parquet_columns_sql(src.read_path, keys, present) if src.kind == "parquet" else {}
-        cols = ", ".join(f"{special.get(k, f'to_json({quote(k)})')} AS {quote(k)}" if k in present
-                         else f"NULL::JSON AS {quote(k)}" for k in keys)
+        cols = ", ".join(f"{special.get(k, f'to_json({ident(k)})')} AS {ident(k)}" if k in present
+                         else f"NULL::JSON AS {ident(k)}" for k in keys)
         from_ = tabular.tabular_source(src.read_path, columns)
     _execute(
         con,
@@ -247,7 +247,7 @@ def load_checked(
                 raise cannot_read(src, exc2) from None
         else:
             _execute(con, f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {projection}, NULL::VARCHAR AS _problem "
-                          f"FROM (SELECT {', '.join(f'NULL::JSON AS {quote(f.name)}' for f in fields)}) WHERE false")
+                          f"FROM (SELECT {', '.join(f'NULL::JSON AS {ident(f.name)}' for f in fields)}) WHERE false")
     n_rows, n_bad = con.execute(f"SELECT count(*), count(_problem) FROM {table}").fetchone()
     if n_rows == 0 and not src.left_out:
         raise IngestError(str(src.path), None, "file is empty: no records")

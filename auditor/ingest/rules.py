@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from auditor.ingest.limits import BLANK_CHARS, MAX_ABS_SCORE, MAX_ID_CHARS, MAX_RECORD_BYTES
-from auditor.sql import lit
+from auditor.sql import ident, lit
 
 #: Field kinds.
 TEXT = "text"  # a string with at least one character that is not blank
@@ -132,11 +132,6 @@ RULES: dict[str, list[Rule]] = {
 }
 
 
-def quote(name: str) -> str:
-    """A column name as a SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _missing(col: str) -> str:
     return f"({col} IS NULL OR json_type({col}) = 'NULL')"
 
@@ -147,7 +142,7 @@ def _problem(field: str, message_sql: str) -> str:
 
 def _count(key: str) -> str:
     """How many texts field `key` holds: 0 when missing, its length when a list, else 1."""
-    col = quote(key)
+    col = ident(key)
     return (f"(CASE WHEN {_missing(col)} THEN 0 WHEN json_type({col}) = 'ARRAY' THEN json_array_length({col}) "
             "ELSE 1 END)")
 
@@ -160,11 +155,11 @@ def problem_sql(fields: list[Field], same_length: list[tuple[str | tuple[str, ..
     score, then each negative's).
     """
     whens = []
-    size = " + ".join(f"coalesce(strlen({quote(f.name)}::VARCHAR), 0)" for f in fields)
+    size = " + ".join(f"coalesce(strlen({ident(f.name)}::VARCHAR), 0)" for f in fields)
     whens.append((f"({size}) > {MAX_RECORD_BYTES}", _problem(
         "", f"'record is ' || ({size}) || ' bytes, more than the limit of {MAX_RECORD_BYTES:,}'")))
     for f in fields:
-        col = quote(f.name)
+        col = ident(f.name)
         if f.required:
             whens.append((_missing(col), _problem(f.name, "'missing or null'")))
             guard = ""
@@ -175,7 +170,7 @@ def problem_sql(fields: list[Field], same_length: list[tuple[str | tuple[str, ..
             whens.append((f"{guard}coalesce({when}, true)", _problem(f.name, message)))
     for texts, scores in same_length or []:
         if isinstance(texts, tuple):
-            s, n_t = quote(scores), " + ".join(_count(k) for k in texts)
+            s, n_t = ident(scores), " + ".join(_count(k) for k in texts)
             n_s = f"json_array_length({s})"
             named = ", ".join(map(repr, texts[:4])) + (", ..." if len(texts) > 4 else "")
             whens.append((
@@ -184,7 +179,7 @@ def problem_sql(fields: list[Field], same_length: list[tuple[str | tuple[str, ..
                                  f"{lit(f' texts of {named}: one score per text, in that order')}"),
             ))
             continue
-        t, s = quote(texts), quote(scores)
+        t, s = ident(texts), ident(scores)
         n_t, n_s = f"json_array_length({t})", f"json_array_length({s})"
         whens.append((
             f"NOT {_missing(t)} AND NOT {_missing(s)} AND coalesce({n_t} <> {n_s}, true)",

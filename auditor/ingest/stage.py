@@ -19,8 +19,8 @@ from auditor.ingest.errors import IngestError
 from auditor.ingest.formats import PairLayout
 from auditor.ingest.limits import GRADE_RANGE
 from auditor.ingest.read import Problem, Rejects
-from auditor.ingest.rules import BLANK_RE, ID, Field, problem_sql, quote, split_problem
-from auditor.sql import lit
+from auditor.ingest.rules import BLANK_RE, ID, Field, problem_sql, split_problem
+from auditor.sql import ident, lit
 
 # --------------------------------------------------------------------------------------------------------------
 # Pair formats: FlagEmbedding, sentence-transformers triplets and n-tuples
@@ -29,21 +29,21 @@ from auditor.sql import lit
 def pair_projection(layout: PairLayout) -> str:
     """What staging needs from each record of a pair format (TRY_CAST: bad records are flagged, not fatal)."""
     def text(k: str) -> str:
-        return f"json_extract_string({quote(k)}, '$')"
+        return f"json_extract_string({ident(k)}, '$')"
 
     if layout.labels:
         return _labeled_projection(layout, text)
-    pos = f"TRY_CAST({quote(layout.positives)} AS VARCHAR[])" if layout.positives_is_list else f"[{text(layout.positives)}]"
+    pos = f"TRY_CAST({ident(layout.positives)} AS VARCHAR[])" if layout.positives_is_list else f"[{text(layout.positives)}]"
     if layout.negatives_is_list:
-        neg = f"coalesce(TRY_CAST({quote(layout.negatives[0])} AS VARCHAR[]), [])"
+        neg = f"coalesce(TRY_CAST({ident(layout.negatives[0])} AS VARCHAR[]), [])"
         neg_rank = "NULL::BIGINT[]"
     else:
         neg = "[" + ", ".join(text(k) for k in layout.negatives) + "]"
         neg_rank = "[" + ", ".join(map(str, layout.negative_ranks)) + "]::BIGINT[]" if layout.negative_ranks else "NULL::BIGINT[]"
-    pos_scores = f"TRY_CAST({quote(layout.pos_scores)} AS DOUBLE[])" if layout.pos_scores else "NULL::DOUBLE[]"
-    neg_scores = f"TRY_CAST({quote(layout.neg_scores)} AS DOUBLE[])" if layout.neg_scores else "NULL::DOUBLE[]"
+    pos_scores = f"TRY_CAST({ident(layout.pos_scores)} AS DOUBLE[])" if layout.pos_scores else "NULL::DOUBLE[]"
+    neg_scores = f"TRY_CAST({ident(layout.neg_scores)} AS DOUBLE[])" if layout.neg_scores else "NULL::DOUBLE[]"
     if layout.scores:  # one list: the positive's score, then each present negative's, in key order
-        all_scores = f"TRY_CAST({quote(layout.scores)} AS DOUBLE[])"
+        all_scores = f"TRY_CAST({ident(layout.scores)} AS DOUBLE[])"
         pos_scores = f"{all_scores}[1:1]"
         if layout.negatives_is_list:
             neg_scores = f"{all_scores}[2:]"
@@ -75,13 +75,13 @@ def _labeled_projection(layout: PairLayout, text) -> str:
         return f"{label_sql} IN ('1', 'true')"
 
     if layout.format == "labeled-list":
-        docs = f"TRY_CAST({quote(layout.positives)} AS VARCHAR[])"
-        labels = f"json_extract_string({quote(layout.labels)}, '$[*]')"
+        docs = f"TRY_CAST({ident(layout.positives)} AS VARCHAR[])"
+        labels = f"json_extract_string({ident(layout.labels)}, '$[*]')"
         pick = f"[{docs}[i] for i in range(1, len({docs}) + 1) if {{cond}}]"
         pos = pick.format(cond=positive(f"{labels}[i]"))
         neg = pick.format(cond="NOT " + positive(f"{labels}[i]"))
     else:
-        label = f"json_extract_string({quote(layout.labels)}, '$')"
+        label = f"json_extract_string({ident(layout.labels)}, '$')"
         pos = f"CASE WHEN {positive(label)} THEN [{text(layout.positives)}] ELSE []::VARCHAR[] END"
         neg = f"CASE WHEN {positive(label)} THEN []::VARCHAR[] ELSE [{text(layout.positives)}] END"
     prompt = _prompt(layout, text)

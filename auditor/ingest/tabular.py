@@ -15,7 +15,7 @@ from pathlib import Path
 
 from auditor.ingest.errors import IngestError
 from auditor.ingest.limits import MAX_RECORD_BYTES
-from auditor.sql import lit
+from auditor.sql import ident, lit
 
 #: Longest CSV line (record) DuckDB is told to read: the record limit, plus room for quoting (a cell's quotes are
 #: doubled) and for columns ingest does not read. A longer record is refused by DuckDB, a record within it but over
@@ -153,7 +153,7 @@ def parquet_columns_sql(path: Path, keys: list[str], present: set[str]) -> dict[
                                                         "as strings")
         if pa.types.is_binary(inner) or pa.types.is_large_binary(inner) or pa.types.is_fixed_size_binary(inner):
             _refuse_non_utf8(path, key)
-            col = '"' + key.replace('"', '""') + '"'
+            col = ident(key)
             out[key] = (f"to_json(decode({col}))" if inner is typ
                         else f"to_json(list_transform({col}, lambda x: decode(x)))")
     return out
