@@ -33,7 +33,6 @@ from auditor.audit import design
 from auditor.config import ReviewConfig
 from auditor.risk import LABELS_SQL, current_fit
 from auditor.select import Selection
-from auditor.sql import lit
 from auditor.tradeoff import candidates_sql
 
 #: Audit items in the export's population needed before an interval is stated.
@@ -100,13 +99,11 @@ def _sample_sql(selection: Selection, model: str, rate: float, u_sql: str) -> st
         WHERE {u_sql} < {rate!r}"""
 
 
-def _exported_sql(sel_sql: str, model: str) -> str:
-    """Each exported negative with its s_neg, verdict (y) and risk as if unreviewed (p)."""
-    p = "CASE WHEN r.origin = 'verdict' THEN r.p_model ELSE coalesce(r.p_fn, 0) END"
+def _exported_sql(exported: str) -> str:
+    """Each exported negative of relation ``exported`` (a selection's rows) with its s_neg, verdict (y) and risk as
+    if unreviewed (p: the selection's p_unrev)."""
     return f"""
-        SELECT s.query_id, s.doc_id, s.s_neg, l.y, {p} AS p
-        FROM ({sel_sql}) s
-        LEFT JOIN risk r ON r.model = {lit(model)} AND r.query_id = s.query_id AND r.doc_id = s.doc_id
+        SELECT s.query_id, s.doc_id, s.s_neg, l.y, s.p_unrev AS p FROM {exported} s
         LEFT JOIN ({LABELS_SQL}) l ON l.query_id = s.query_id AND l.doc_id = s.doc_id"""
 
 
@@ -125,27 +122,22 @@ def export_estimate(
     rate = float(audit.rate)
     con.complete()
     sample = con.execute(_sample_sql(selection, model, rate, audit.u_sql())).fetchall()
-    exported_rows = exported
     audit_y, audit_p = [float(y) for y, _ in sample], [float(p or 0) for _, p in sample]
     edges = strata_edges(audit_p) if audit_p else []
     stratum = " + ".join(f"CASE WHEN p >= {e!r} THEN 1 ELSE 0 END" for e in edges) or "0"
-    exported = f"_export_estimate_{uuid.uuid4().hex}"
-    if exported_rows:  # the export's own selection carries each negative's risk as if unreviewed
-        chosen = f"""SELECT s.query_id, s.doc_id, s.s_neg, l.y, s.p_unrev AS p FROM {exported_rows} s
-                     LEFT JOIN ({LABELS_SQL}) l ON l.query_id = s.query_id AND l.doc_id = s.doc_id"""
-    else:
-        chosen = _exported_sql(selection.sql(con, model, tradeoff=t), model)
-    con.execute(f"CREATE TEMP TABLE {exported} AS {chosen}")
+    source = exported or f"({selection.sql(con, model, tradeoff=t)})"
+    table = f"_export_estimate_{uuid.uuid4().hex}"
+    con.execute(f"CREATE TEMP TABLE {table} AS {_exported_sql(source)}")
     try:
         n_export, mean_s, confirmed, n_unrev, pending = con.execute(
             f"""SELECT count(*), avg(s_neg), count(*) FILTER (WHERE y = 0), count(*) FILTER (WHERE y IS NULL),
                        count(*) FILTER (WHERE y IS NULL AND {audit.u_sql()} < {rate!r})
-                FROM {exported}""").fetchall()[0]
+                FROM {table}""").fetchall()[0]
         strata = [(int(b), int(n), float(sp), float(spq)) for b, n, sp, spq in con.execute(
-            f"""SELECT {stratum} AS b, count(*), sum(p), sum(p * (1 - p)) FROM {exported} WHERE y IS NULL
+            f"""SELECT {stratum} AS b, count(*), sum(p), sum(p * (1 - p)) FROM {table} WHERE y IS NULL
                 GROUP BY ALL ORDER BY b""").fetchall()]
     finally:
-        con.execute(f"DROP TABLE IF EXISTS {exported}")
+        con.execute(f"DROP TABLE IF EXISTS {table}")
     sum_p = sum(sp for _, _, sp, _ in strata)
     out: dict[str, Any] = {
         "selection": {"negatives": selection.negatives, "strategy": selection.strategy, "config": selection.config,

@@ -53,19 +53,19 @@ class BackgroundWork:
         self._closed = False
         self.errors: list[str] = []  #: the last failures, for the app's status line and tests
         self.key = store_key(store.cursor())
-        with _OWNERS_LOCK:
-            _OWNERS[self.key] = self
         store.on_close(self.close)
 
     @classmethod
     def of(cls, store: SharedStore) -> BackgroundWork:
-        """The owner of ``store``'s background work, made on first use (one per shared store)."""
+        """The owner of ``store``'s background work, made on first use (one per shared store, also when several
+        threads ask at once)."""
         with _OWNERS_LOCK:
             owner = getattr(store, "_background", None)
-        if owner is None or owner._closed:
-            owner = cls(store)
-            store._background = owner  # type: ignore[attr-defined]
-        return owner
+            if owner is None or owner._closed:
+                owner = cls(store)
+                store._background = owner  # type: ignore[attr-defined]
+                _OWNERS[owner.key] = owner
+            return owner
 
     def running(self, key: Hashable) -> bool:
         """A job with ``key`` is waiting or running."""

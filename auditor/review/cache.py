@@ -214,7 +214,7 @@ class PageCache:
                 limit = None
             built = spec.build(con, limit)
             page = self._install(key, fingerprint, limit, built, spec)
-        if spec.name is not None:
+        if spec.name is not None and limit is not None:  # a prefix; a whole order (a filter's) can be millions of rows
             self._keep(con, page, built)
         return page
 
